@@ -1,0 +1,98 @@
+"""What flashgen writes to S3: the ledger entry, the image record and the manifest row.
+
+One pydantic model per object, so data teams can read them back with the same schema.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LedgerState(StrEnum):
+    """Life of one fingerprint in ``ledger/<key>.json``.
+
+    claimed → submitted → stored, or → failed / ambiguous. A claim is taken right before
+    the submit is sent, so a claim with no request_id means "maybe sent".
+    """
+
+    CLAIMED = "claimed"  # about to submit; lease_until says how long the claim is honoured
+    SUBMITTED = "submitted"  # request_id known: never submit again, only poll it
+    STORED = "stored"  # image and record are in S3
+    FAILED = "failed"  # the job failed or was cancelled: no paid output exists
+    AMBIGUOUS = "ambiguous"  # the submit's answer was lost: a paid job may exist
+
+
+class LedgerEntry(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    key: str
+    model: str
+    inputs: dict[str, Any]
+    state: LedgerState
+    request_id: str | None = None
+    owner: str | None = None  # flow run id (or host:pid) of the run that holds the claim
+    lease_until: float | None = None  # epoch seconds; a CLAIMED entry past it is stale
+    attempts: int = 0  # submits ever sent for this key
+    error: str | None = None
+    record_uri: str | None = None
+    image_uris: list[str] = Field(default_factory=list)
+    updated_at: datetime | None = None
+
+
+class ItemState(StrEnum):
+    """Final state of one input in a batch's manifest."""
+
+    STORED = "stored"
+    SKIPPED = "skipped"  # already stored by an earlier or concurrent run
+    FAILED = "failed"
+    INVALID = "invalid"  # rejected before anything was sent
+
+
+class Timings(BaseModel):
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    stored_at: datetime | None = None
+
+
+class ImageRecord(BaseModel):
+    """``metadata/YYYY/MM/DD/<key>.json``: everything known about one stored file."""
+
+    key: str
+    model: str
+    inputs: dict[str, Any]  # with defaults applied
+    request_id: str
+    image_uri: str
+    content_type: str
+    size: int
+    sha256: str  # hex digest of the stored bytes
+    width: int | None = None
+    height: int | None = None
+    output_index: int = 0
+    source_host: str | None = None  # host of the file link; never the link (it may be signed)
+    timings: Timings = Field(default_factory=Timings)
+    polls: int = 0
+    attempts: int = 0
+    batch_id: str | None = None
+    flow_run_id: str | None = None
+    deployment: str | None = None
+
+
+class ManifestRow(BaseModel):
+    """One line of ``manifests/<batch_id>.jsonl``: one input of the batch and how it ended."""
+
+    line: int | None = None  # line (or row) in the prompt source, 1-based
+    key: str | None = None
+    prompt: str | None = None
+    seed: int | None = None
+    aspect_ratio: str | None = None
+    state: ItemState
+    reason: str | None = None
+    request_id: str | None = None
+    image_uris: list[str] = Field(default_factory=list)
+    metadata_uri: str | None = None
+    seconds: float | None = None

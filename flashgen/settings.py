@@ -1,0 +1,54 @@
+"""Configuration from the environment; explicit arguments always win over it.
+
+    RUNCOMFY_API_TOKEN      the API token (kept as a SecretStr; never logged)
+    RUNCOMFY_BASE_URL       the API's base URL (default https://model-api.runcomfy.net)
+    FLASHGEN_BUCKET         S3 bucket for images, metadata, ledger and manifests
+    FLASHGEN_PREFIX         key prefix inside the bucket (default "flashgen")
+    AWS_ENDPOINT_URL        an S3-compatible endpoint (moto, MinIO, …); unset for AWS
+    FLASHGEN_S3_SSE         server-side encryption: "AES256" or "aws:kms" (default none)
+    FLASHGEN_S3_KMS_KEY_ID  the KMS key when FLASHGEN_S3_SSE is "aws:kms"
+    FLASHGEN_API_CONCURRENCY        jobs queued or running at the API at once (default 4)
+    FLASHGEN_CONCURRENCY_LIMIT      the Prefect global concurrency limit that shares them
+    FLASHGEN_CLAIM_TTL      seconds an unsubmitted claim is honoured before it is stale
+    FLASHGEN_MAX_IMAGE_BYTES / FLASHGEN_MAX_VIDEO_BYTES   download caps (50 MB / 100 MB)
+    FLASHGEN_TESTING        "1" removes every sleep (tests only)
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLASHGEN_", extra="ignore")
+
+    api_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("RUNCOMFY_API_TOKEN", "FLASHGEN_API_TOKEN")
+    )
+    base_url: str = Field(
+        DEFAULT_BASE_URL, validation_alias=AliasChoices("RUNCOMFY_BASE_URL", "FLASHGEN_BASE_URL")
+    )
+    bucket: str | None = None
+    prefix: str = "flashgen"
+    aws_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL", "FLASHGEN_AWS_ENDPOINT_URL")
+    )
+    s3_sse: str | None = None
+    s3_kms_key_id: str | None = None
+    api_concurrency: int = Field(4, ge=1)
+    concurrency_limit: str = "runcomfy-api"
+    claim_ttl: float = Field(120.0, gt=0)
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_video_bytes: int = 100 * 1024 * 1024
+    testing: bool = False
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once. Tests call ``get_settings.cache_clear()``."""
+    return Settings()
