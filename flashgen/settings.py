@@ -11,6 +11,9 @@
     FLASHGEN_CONCURRENCY_LIMIT      the Prefect global concurrency limit that shares them
     FLASHGEN_CLAIM_TTL      seconds an unsubmitted claim is honoured before it is stale
     FLASHGEN_MAX_IMAGE_BYTES / FLASHGEN_MAX_VIDEO_BYTES   download caps (50 MB / 100 MB)
+    FLASHGEN_JOB_DEADLINE   seconds a job may take from submit to finish (default 900)
+    FLASHGEN_POLL_INITIAL / FLASHGEN_POLL_MAXIMUM   status polling interval bounds (s)
+    FLASHGEN_TASK_RETRY_DELAY       first delay between Prefect task retries (doubles; 2 s)
     FLASHGEN_TESTING        "1" removes every sleep (tests only)
 """
 
@@ -45,6 +48,10 @@ class Settings(BaseSettings):
     claim_ttl: float = Field(120.0, gt=0)
     max_image_bytes: int = 50 * 1024 * 1024
     max_video_bytes: int = 100 * 1024 * 1024
+    job_deadline: float = Field(900.0, gt=0)
+    poll_initial: float = Field(0.5, gt=0)
+    poll_maximum: float = Field(5.0, gt=0)
+    task_retry_delay: float = Field(2.0, ge=0)
     testing: bool = False
 
 

@@ -1,0 +1,3 @@
+from bench.makespan import main
+
+main()

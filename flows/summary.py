@@ -1,0 +1,84 @@
+"""How a batch ended: the summary a flow returns, its table artifact and its event."""
+
+from __future__ import annotations
+
+from prefect.artifacts import acreate_table_artifact
+from prefect.events import emit_event
+from pydantic import BaseModel
+
+from flashgen.records import ItemState, ManifestRow
+
+FIRST_ERRORS = 5
+
+
+class BatchSummary(BaseModel):
+    batch_id: str
+    total: int = 0
+    stored: int = 0
+    skipped: int = 0
+    failed: int = 0
+    invalid: int = 0
+    image_uris: list[str] = []
+    manifest_uri: str | None = None
+    failures: list[str] = []  # "line N: reason", first few
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+    deployment: str | None = None
+    max_failure_ratio: float = 0.0
+    rows: list[ManifestRow] = []  # one per input, as in the manifest
+
+    @property
+    def failure_ratio(self) -> float:
+        return (self.failed + self.invalid) / max(self.total, 1)
+
+    @property
+    def ok(self) -> bool:
+        return (self.failed + self.invalid) == 0 or self.failure_ratio <= self.max_failure_ratio
+
+    def describe(self) -> str:
+        return (f"batch {self.batch_id}: {self.stored} stored, {self.skipped} skipped, "
+                f"{self.failed} failed, {self.invalid} invalid of {self.total}")
+
+    @classmethod
+    def from_rows(cls, batch_id: str, rows: list[ManifestRow], **fields) -> BatchSummary:
+        count = {state: sum(r.state == state for r in rows) for state in ItemState}
+        failures = [f"line {r.line}: {r.reason}" for r in rows
+                    if r.state in (ItemState.FAILED, ItemState.INVALID)]
+        return cls(batch_id=batch_id, total=len(rows), stored=count[ItemState.STORED],
+                   skipped=count[ItemState.SKIPPED], failed=count[ItemState.FAILED],
+                   invalid=count[ItemState.INVALID],
+                   image_uris=[u for r in rows if r.state == ItemState.STORED
+                               for u in r.image_uris],
+                   failures=failures[:FIRST_ERRORS], rows=rows, **fields)
+
+
+async def publish_table(summary: BatchSummary, rows: list[ManifestRow]) -> None:
+    table = [{"line": r.line, "prompt": (r.prompt or "")[:80], "seed": r.seed,
+              "aspect_ratio": r.aspect_ratio, "state": r.state.value,
+              "s3_uri": (r.image_uris or [""])[0], "seconds": r.seconds,
+              "reason": r.reason or ""} for r in rows]
+    await acreate_table_artifact(
+        key=f"batch-{_slug(summary.batch_id)}", table=table,
+        description=summary.describe() + (f"\n\nmanifest: {summary.manifest_uri}"
+                                          if summary.manifest_uri else ""))
+
+
+def emit_batch_event(summary: BatchSummary) -> None:
+    """``flashgen.batch.completed`` or ``flashgen.batch.failed``, for downstream triggers."""
+    emit_event(
+        event="flashgen.batch." + ("completed" if summary.ok else "failed"),
+        resource={"prefect.resource.id": f"flashgen.batch.{summary.batch_id}",
+                  "prefect.resource.name": summary.batch_id},
+        payload={"batch_id": summary.batch_id, "deployment": summary.deployment,
+                 "flow_run_id": summary.flow_run_id, "flow_run_url": summary.flow_run_url,
+                 "counts": {"total": summary.total, "stored": summary.stored,
+                            "skipped": summary.skipped, "failed": summary.failed,
+                            "invalid": summary.invalid},
+                 "manifest_uri": summary.manifest_uri, "first_errors": summary.failures},
+    )
+
+
+def _slug(text: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    out = "".join(c if c.isalnum() else "-" for c in text.lower())
+    return "-".join(filter(None, out.split("-")))[:100] or "batch"

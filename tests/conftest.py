@@ -1,0 +1,67 @@
+"""Shared fixtures. S3: fake credentials, moto in-process or as a local server, a ready Store."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import boto3
+import pytest
+from moto import mock_aws
+from moto.server import ThreadedMotoServer
+
+from flashgen.storage import Store
+from infra.stack import make_moto_puts_atomic
+
+@pytest.fixture
+def moto_atomic_puts():
+    """Conditional puts decided atomically, as S3 decides them (see infra.stack)."""
+    make_moto_puts_atomic()
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    """Fake credentials in us-east-1; nothing from the machine's AWS config can leak in."""
+    for name in (
+        "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+        "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+@pytest.fixture
+def s3(aws_env, moto_atomic_puts):
+    """moto's in-process S3 (``mock_aws``); yields a boto3 client on it."""
+    with mock_aws():
+        yield boto3.client("s3", region_name="us-east-1")
+
+
+@pytest.fixture
+def store(s3):
+    """A Store on bucket ``flashgen-test`` (created in moto), prefix ``fg``, own client."""
+    store = Store("flashgen-test", "fg", region="us-east-1")
+    store.ensure_bucket()
+    return store
+
+
+@pytest.fixture
+def moto_server(aws_env, moto_atomic_puts):
+    """moto's S3 as an HTTP server on a free loopback port; yields its endpoint URL.
+
+    Its state lives in this process's moto backends, so it is reset on the way out.
+    """
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    try:
+        yield endpoint
+    finally:
+        reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+        urllib.request.urlopen(reset, timeout=10).close()
+        server.stop()

@@ -1,0 +1,66 @@
+"""Fixtures for the pipeline: a real Prefect test server, the emulator on a socket, moto S3.
+
+The flow builds its own client and store from the environment, exactly as in production;
+these fixtures only point that environment at the local stand-ins.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="flashgen-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ["FLASHGEN_TASK_RETRY_DELAY"] = "0"  # read when the tasks module is imported
+
+import boto3  # noqa: E402
+import pytest  # noqa: E402
+from moto import mock_aws  # noqa: E402
+
+from flashgen.emulator import EmulatorConfig, EmulatorServer  # noqa: E402
+from flashgen.settings import get_settings  # noqa: E402
+from flashgen.storage import Store  # noqa: E402
+
+TOKEN = "pipeline-test-token-0123456789"
+BUCKET = "flashgen-pipeline"
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture
+def emulator_config() -> EmulatorConfig:
+    """Override in a test module (or parametrize) for other queue shapes or faults."""
+    return EmulatorConfig(workers=4, job_time=0.15, job_time_spread=0.2, tokens=[TOKEN],
+                          fault_seed=7)
+
+
+@pytest.fixture
+def emulator(emulator_config):
+    with EmulatorServer(emulator_config) as server:
+        yield server
+
+
+@pytest.fixture
+def pipeline(prefect_server, emulator, monkeypatch):
+    """Environment for one in-process flow run; yields the store to read results from."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "RUNCOMFY_BASE_URL": emulator.url,
+        "RUNCOMFY_API_TOKEN": TOKEN, "FLASHGEN_BUCKET": BUCKET, "FLASHGEN_PREFIX": "t",
+        "FLASHGEN_POLL_INITIAL": "0.05", "FLASHGEN_POLL_MAXIMUM": "0.2",
+        "FLASHGEN_CLAIM_TTL": "2",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    get_settings.cache_clear()
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        yield Store(BUCKET, "t")
+    get_settings.cache_clear()

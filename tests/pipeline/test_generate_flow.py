@@ -1,0 +1,159 @@
+"""The generate-images flow, run for real in-process: Prefect test server, the emulator on a
+socket, moto's in-memory S3. Assertions read S3 and the emulator's own counters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from flashgen.emulator import EmulatorConfig
+from flashgen.models import DEFAULT_MODEL, fingerprint, validate_inputs
+from flashgen.records import ImageRecord, ItemState, LedgerEntry, LedgerState
+from flows.generate import generate_images
+from tests.pipeline.conftest import TOKEN
+
+PROMPTS = ["a red fox in snow", "an owl at dusk", "a lighthouse in fog"]
+
+
+def _objects(store, sub: str) -> list[str]:
+    return [key for key, *_ in store.list_keys(sub)]
+
+
+async def _run(**params):
+    state = await generate_images(**params, return_state=True)
+    return state, await state.result(raise_on_failure=False)
+
+
+async def test_batch_lands_images_records_and_manifest(pipeline, emulator):
+    state, summary = await _run(prompts=PROMPTS, defaults={"aspect_ratios": ["16:9", "9:16"]},
+                                batch_id="b1")
+    assert state.is_completed(), state.message
+    assert (summary.stored, summary.failed, summary.total) == (6, 0, 6)
+    images = _objects(pipeline, "images/")
+    records = _objects(pipeline, "metadata/")
+    assert len(images) == len(records) == 6
+    for key in records:
+        record = ImageRecord.model_validate_json(pipeline.read_text(key))
+        data = pipeline.read_bytes(record.image_uri)
+        assert hashlib.sha256(data).hexdigest() == record.sha256
+        assert record.size == len(data) and data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (record.width, record.height) in {(1440, 810), (810, 1440)}
+        assert record.key == fingerprint(DEFAULT_MODEL, record.inputs)
+        assert record.batch_id == "b1" and record.flow_run_id and record.request_id
+        assert record.timings.submitted_at and record.timings.stored_at and record.polls >= 1
+    manifest = pipeline.read_manifest("b1")
+    assert [row.state for row in manifest] == [ItemState.STORED] * 6
+    assert emulator.stats()["submissions"] == 6
+    everything = "".join(pipeline.read_text(k) for k in records + _objects(pipeline, "ledger/"))
+    assert TOKEN not in everything
+
+
+async def test_rerun_skips_stored_items_without_submitting(pipeline, emulator):
+    await _run(prompts=PROMPTS)
+    state, summary = await _run(prompts=PROMPTS)
+    assert state.is_completed()
+    assert (summary.skipped, summary.stored) == (3, 0)
+    assert emulator.stats()["submissions"] == 3
+    state, summary = await _run(prompts=PROMPTS[:1], force=True)
+    assert summary.stored == 1 and emulator.stats()["submissions"] == 4
+
+
+async def test_known_request_id_is_resumed_not_resubmitted(pipeline, emulator):
+    """A run that died after recording the request_id: the rerun polls it, never resends."""
+    import httpx
+
+    inputs = validate_inputs(DEFAULT_MODEL, {"prompt": PROMPTS[0]})
+    answer = httpx.post(f"{emulator.url}/v1/models/{DEFAULT_MODEL}", json=inputs,
+                        headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    key = fingerprint(DEFAULT_MODEL, inputs)
+    pipeline.write_ledger(LedgerEntry(key=key, model=DEFAULT_MODEL, inputs=inputs,
+                                      state=LedgerState.SUBMITTED, owner="dead-run",
+                                      request_id=answer["request_id"], attempts=1))
+    state, summary = await _run(prompts=PROMPTS[:1])
+    assert state.is_completed() and summary.stored == 1
+    assert summary.rows[0].request_id == answer["request_id"]
+    assert emulator.stats()["submissions"] == 1
+
+
+@pytest.mark.parametrize("emulator_config", [EmulatorConfig(
+    workers=4, job_time=0.1, tokens=[TOKEN], faults=["submit:lost-answer:1.0"])])
+async def test_ambiguous_submission_is_recorded_and_not_resent(pipeline, emulator):
+    state, summary = await _run(prompts=PROMPTS[:1])
+    assert state.is_failed() and summary.failed == 1
+    assert "Ambiguous" in summary.rows[0].reason
+    entry, _ = pipeline.read_ledger(summary.rows[0].key)
+    assert entry.state == LedgerState.AMBIGUOUS
+    state, summary = await _run(prompts=PROMPTS[:1])  # a rerun leaves it alone
+    assert state.is_failed() and "ambiguous" in summary.rows[0].reason
+    assert emulator.stats()["submissions"] == 1
+    emulator.set_faults([])
+    state, summary = await _run(prompts=PROMPTS[:1], resubmit_ambiguous=True)
+    assert state.is_completed() and summary.stored == 1
+    assert emulator.stats()["submissions"] == 2
+
+
+async def test_bad_rows_are_reported_by_line_and_good_rows_stored(pipeline, emulator, tmp_path):
+    source = tmp_path / "prompts.csv"
+    source.write_text("prompt,aspect_ratio,seed\n"
+                      "a fox,16:9,1\n"
+                      "an owl,7:3,2\n"
+                      "a bear,1:1,three\n"
+                      ",1:1,4\n"
+                      "a whale,9:16,5\n")
+    state, summary = await _run(source=str(source), batch_id="bad-rows")
+    assert state.is_failed()  # invalid rows count as failures unless tolerated
+    assert (summary.stored, summary.invalid) == (2, 3)
+    invalid = {row.line: row.reason for row in summary.rows if row.state == ItemState.INVALID}
+    assert set(invalid) == {3, 4, 5}
+    assert "aspect_ratio" in invalid[3] and "16:9" in invalid[3]
+    assert "seed" in invalid[4] and "prompt" in invalid[5]
+    assert emulator.stats()["submissions"] == 2
+    assert len(_objects(pipeline, "images/")) == 2
+    state, summary = await _run(source=str(source), max_failure_ratio=0.6)
+    assert state.is_completed() and summary.skipped == 2
+
+
+async def test_strict_batch_sends_nothing_when_a_row_is_bad(pipeline, emulator, tmp_path):
+    source = tmp_path / "prompts.jsonl"
+    source.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"prompt": "x",
+                                                                         "duration": 9}) + "\n")
+    state, _ = await _run(source=str(source), strict=True)
+    assert state.is_failed() and "line 2" in state.message
+    assert emulator.stats()["submissions"] == 0
+
+
+@pytest.mark.parametrize("emulator_config", [EmulatorConfig(
+    workers=16, job_time=0.3, job_time_spread=0.1, tokens=[TOKEN])])
+async def test_concurrency_caps_and_fills_the_api_slots(pipeline, emulator):
+    state, summary = await _run(prompts=[f"tile {n}" for n in range(16)], concurrency=4)
+    assert state.is_completed() and summary.stored == 16
+    assert emulator.stats()["max_in_flight"] == 4
+
+
+@pytest.mark.parametrize("emulator_config", [EmulatorConfig(
+    workers=4, job_time=0.1, tokens=[TOKEN], faults=["job:fail:1.0"])])
+async def test_failed_jobs_fail_the_batch_after_storing_nothing_twice(pipeline, emulator):
+    state, summary = await _run(prompts=PROMPTS)
+    assert state.is_failed() and summary.failed == 3
+    assert all(row.state == ItemState.FAILED for row in summary.rows)
+    entry, _ = pipeline.read_ledger(summary.rows[0].key)
+    assert entry.state == LedgerState.FAILED and entry.request_id
+    emulator.set_faults([])
+    state, summary = await _run(prompts=PROMPTS)  # a failed job produced nothing: try again
+    assert state.is_completed() and summary.stored == 3
+
+
+@pytest.mark.parametrize("emulator_config", [EmulatorConfig(
+    workers=1, job_time=30, tokens=[TOKEN])])
+async def test_job_still_queued_at_deadline_is_cancelled(pipeline, emulator, monkeypatch):
+    from flashgen.settings import get_settings
+
+    monkeypatch.setenv("FLASHGEN_JOB_DEADLINE", "0.5")
+    get_settings.cache_clear()
+    state, summary = await _run(prompts=PROMPTS[:2], concurrency=2)
+    assert state.is_failed()
+    reasons = " ".join(row.reason or "" for row in summary.rows)
+    assert "cancelled" in reasons  # the queued one
+    assert emulator.stats()["cancels"] >= 1
