@@ -1,0 +1,627 @@
+"""Typed async client for RunComfy's Model API (contract: ``shared/spec/PROTOCOL.md``).
+
+One ``httpx.AsyncClient`` (one connection pool) per client; open it once per process::
+
+    from flashgen.client import RunComfyClient
+    from flashgen.models import DEFAULT_MODEL
+    from flashgen.polling import PollLog
+
+    async with RunComfyClient() as client:            # token from RUNCOMFY_API_TOKEN
+        handle = await client.submit(DEFAULT_MODEL, {"prompt": "a red fox", "aspect_ratio": "9:16"})
+        log = PollLog()
+        await client.wait(handle.request_id, timeout=600, on_status=log)
+        files = await client.fetch_outputs(handle.request_id)
+        print(log.polls, [f.size for f in files])
+
+Retry policy, per call (all waiting goes through ``flashgen.timing``):
+
+- ``status``/``result``/``cancel`` are safe to repeat: transport errors, 429 (at the pace of
+  Retry-After), 5xx and malformed bodies are retried within ``Backoff``, then raised as
+  ``TransientApiError``. 401/403/404/422 are never retried.
+- ``submit`` is not: only failures that prove nothing reached the API (cannot connect,
+  pool timeout, 429) are retried. Anything that may have reached it without a usable
+  answer (read timeout, reset after sending, 5xx, malformed body) raises
+  ``AmbiguousSubmissionError`` and is never resent here: a paid job may exist.
+- ``download`` never sends the token; 403/404 are the caller's cue to refresh the link
+  (``fetch_outputs`` does it once), 5xx/transport errors are retried.
+
+The token lives as a ``SecretStr``; it is added to requests for the API's own origin only,
+and scrubbed from anything the server echoes back into an error message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import inspect
+import logging
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import SecretStr
+
+from flashgen import timing
+from flashgen.errors import (
+    AccountError,
+    AmbiguousSubmissionError,
+    ApiError,
+    AuthenticationError,
+    DownloadError,
+    InputError,
+    JobCancelledError,
+    JobDeadlineError,
+    JobError,
+    JobFailedError,
+    NotFoundError,
+    PermanentApiError,
+    RateLimitedError,
+    RejectedInputError,
+    TransientApiError,
+    is_transient,
+)
+from flashgen.models import (
+    CancelOutcome,
+    JobResult,
+    JobState,
+    JobStatus,
+    SubmitHandle,
+    validate_inputs,
+)
+from flashgen.polling import PollSchedule
+from flashgen.settings import get_settings
+from flashgen.timing import Backoff
+
+__all__ = ["Download", "FileKind", "RunComfyClient"]
+
+T = TypeVar("T")
+FileKind = Literal["image", "video"]
+
+log = logging.getLogger("flashgen.client")
+
+TOKEN_ENV = "RUNCOMFY_API_TOKEN"
+_ACCOUNT_CODES = frozenset({10001, 10002, 10003})
+# Failures raised before a single byte of the request left this process.
+_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_EXCERPT = 300  # characters of a server's text quoted in an error message
+
+
+@dataclass(frozen=True)
+class Download:
+    """One fetched output file. ``content`` is left out of ``repr`` (it can be megabytes)."""
+
+    uri: str
+    content: bytes = field(repr=False)
+    content_type: str
+    size: int
+
+
+class _BearerAuth(httpx.Auth):
+    """Adds ``Authorization: Bearer …`` to requests for the API's own origin, and no other."""
+
+    def __init__(self, token: SecretStr, origin: tuple[str, str, int]) -> None:
+        self._token = token
+        self._origin = origin
+
+    def __repr__(self) -> str:
+        return f"_BearerAuth(origin={self._origin!r})"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if _origin(request.url) == self._origin:
+            request.headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+        yield request
+
+
+class RunComfyClient:
+    """Async client for the Model API: submit, status, result, cancel, wait, download.
+
+    Explicit arguments win over the environment (``flashgen.settings``). ``transport``
+    swaps the outside world, e.g. ``httpx.ASGITransport(app=create_app(...))``.
+    """
+
+    def __init__(
+        self,
+        token: str | SecretStr | None = None,
+        base_url: str | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 30.0,
+        backoff: Backoff | None = None,
+        poll: PollSchedule | None = None,
+        max_image_bytes: int | None = None,
+        max_video_bytes: int | None = None,
+    ) -> None:
+        settings = get_settings()
+        if isinstance(token, SecretStr):
+            secret = token
+        elif token is not None:
+            secret = SecretStr(token)
+        else:
+            secret = settings.api_token or SecretStr("")
+        if not secret.get_secret_value().strip():
+            raise AuthenticationError(
+                f"no RunComfy API token: set {TOKEN_ENV} or pass token= to RunComfyClient"
+            )
+        self._token = secret
+        self.base_url = (base_url or settings.base_url).rstrip("/")
+        url = httpx.URL(self.base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        self._auth = _BearerAuth(secret, _origin(url))
+        self._backoff = backoff or Backoff()
+        self._poll = poll or PollSchedule(settings.poll_initial, settings.poll_maximum)
+        self._caps: dict[str, int] = {
+            "image": max_image_bytes or settings.max_image_bytes,
+            "video": max_video_bytes or settings.max_video_bytes,
+        }
+        # No default auth or headers: the token is attached per API call (see _BearerAuth),
+        # so a download through the same pool cannot carry it.
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, transport=transport, timeout=httpx.Timeout(timeout)
+        )
+
+    def __repr__(self) -> str:
+        return f"RunComfyClient(base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    # --- submit: never resent once it may have arrived -----------------------------------
+
+    async def submit(self, model_id: str, inputs: dict[str, Any]) -> SubmitHandle:
+        """Validate ``inputs`` for ``model_id``, then submit one job.
+
+            handle = await client.submit(DEFAULT_MODEL, {"prompt": "a lighthouse at dusk"})
+
+        Raises ``InputError`` before sending anything, ``AmbiguousSubmissionError`` when the
+        job may exist but its answer was lost, and the ``ApiError`` tree otherwise.
+        """
+        body = validate_inputs(model_id, inputs)
+        path = "/v1/models/" + quote(_check_id(model_id, "model_id").strip("/"), safe="/")
+        what = f"submit to {model_id}"
+
+        async def once() -> SubmitHandle:
+            try:
+                response = await self._http.post(path, json=body, auth=self._auth)
+            except _UNSENT as exc:
+                raise TransientApiError(
+                    f"{what}: could not reach the API ({self._describe(exc)}); nothing was sent"
+                ) from exc
+            except Exception as exc:  # the request may have arrived: never resend it
+                raise AmbiguousSubmissionError(
+                    f"{what}: sent, but no answer came back ({self._describe(exc)}); a job may "
+                    "exist and is not resubmitted"
+                ) from exc
+            return self._submit_answer(response, what)
+
+        handle = await timing.retry(once, on=is_transient, backoff=self._backoff, what=what)
+        log.info("%s: request_id=%s", what, handle.request_id)
+        return handle
+
+    # --- safe calls: repeated until they answer ------------------------------------------
+
+    async def status(self, request_id: str) -> JobStatus:
+        """The job's current status; ``.state`` says what it means."""
+        return await self._call(
+            "GET",
+            _request_path(request_id, "status"),
+            lambda r: JobStatus.model_validate({"request_id": request_id, **_json_object(r)}),
+            what=f"status of {request_id}",
+            request_id=request_id,
+        )
+
+    async def result(self, request_id: str) -> JobResult:
+        """The job's result: outputs once completed, else its current state (keep polling)."""
+        return await self._call(
+            "GET",
+            _request_path(request_id, "result"),
+            lambda r: JobResult.model_validate({"request_id": request_id, **_json_object(r)}),
+            what=f"result of {request_id}",
+            request_id=request_id,
+        )
+
+    async def cancel(self, request_id: str) -> CancelOutcome:
+        """Ask the API to cancel a job; say what happened (never raises for 'too late').
+
+            if await client.cancel(rid) is CancelOutcome.NOT_CANCELLABLE: ...  # it runs on
+        """
+        accepted, current = await self._call(
+            "POST",
+            _request_path(request_id, "cancel"),
+            _cancel_answer,
+            what=f"cancel of {request_id}",
+            request_id=request_id,
+            refusals=(400, 409),
+        )
+        if current is None:  # refused without saying why: ask
+            current = (await self.status(request_id)).status
+        state = JobStatus(request_id=request_id, status=current).state
+        if state is JobState.CANCELLED and accepted:
+            return CancelOutcome.CANCELLED
+        if state.terminal:
+            return CancelOutcome.ALREADY_FINISHED
+        # Running, or anything we cannot read as cancelled: the job may still run.
+        return CancelOutcome.NOT_CANCELLABLE
+
+    async def wait(
+        self,
+        request_id: str,
+        *,
+        timeout: float | None = None,
+        on_status: Callable[[JobStatus], Any] | None = None,
+    ) -> JobStatus:
+        """Poll until the job completes; return its completed status.
+
+        ``on_status`` (sync or async) sees every polled status; pass a
+        ``flashgen.polling.PollLog`` to count polls and time the states::
+
+            log = PollLog()
+            await client.wait(rid, timeout=300, on_status=log)
+
+        Raises ``JobFailedError`` (with the job's ``error``), ``JobCancelledError``, or
+        ``JobDeadlineError`` once ``timeout`` seconds have passed. Unknown state strings
+        are "not finished yet".
+        """
+        schedule = self._poll.fresh()
+        deadline = None if timeout is None else timing.now() + timeout
+        polls = 0
+        while True:
+            status = await self.status(request_id)
+            polls += 1
+            if on_status is not None:
+                outcome = on_status(status)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            state = status.state
+            if state is JobState.COMPLETED:
+                return status
+            if state is JobState.FAILED:
+                raise JobFailedError(
+                    f"job {request_id} ended {status.status!r}: {status.error!r}",
+                    request_id=request_id, status=status.status, error=status.error,
+                )
+            if state is JobState.CANCELLED:
+                raise JobCancelledError(
+                    f"job {request_id} was cancelled",
+                    request_id=request_id, status=status.status,
+                )
+            delay = schedule.next_delay(status)
+            if deadline is not None:
+                left = deadline - timing.now()
+                if left <= 0:
+                    raise JobDeadlineError(
+                        f"job {request_id} still {status.status!r} after {timeout}s "
+                        f"({polls} polls)",
+                        request_id=request_id, status=status.status,
+                    )
+                delay = min(delay, left)  # one last look at the deadline itself
+            await timing.sleep(delay)
+
+    # --- files: no token, capped, type-checked -------------------------------------------
+
+    async def download(
+        self, uri: str, *, kind: FileKind = "image", request_id: str | None = None
+    ) -> Download:
+        """Fetch one output file without the token, at most ``max_<kind>_bytes`` long.
+
+        403/404 raise ``DownloadError`` with ``status_code`` set (refresh the link and try
+        again); a wrong content type or an oversize file is permanent; 5xx and transport
+        errors are retried, then raised as transient.
+        """
+        if kind not in self._caps:
+            raise ValueError(f"kind must be 'image' or 'video', got {kind!r}")
+        what = f"download of {_safe_uri(uri)}"
+        return await timing.retry(
+            lambda: self._download_once(uri, kind, request_id, what),
+            on=is_transient,
+            backoff=self._backoff,
+            what=what,
+        )
+
+    async def fetch_outputs(
+        self, request_id: str, result: JobResult | None = None
+    ) -> list[Download]:
+        """Download every output of a completed job, in the result's order.
+
+        An expired link (403/404) makes it fetch the result once more for a fresh link and
+        try that file once again; later files then use the fresh links too.
+        """
+        current = result if result is not None else await self.result(request_id)
+        outputs = _completed_outputs(current, request_id)
+        files: list[Download] = []
+        for index, (uri, kind) in enumerate(outputs):
+            try:
+                files.append(await self.download(uri, kind=_kind(kind), request_id=request_id))
+                continue
+            except DownloadError as exc:
+                if exc.status_code not in (403, 404):
+                    raise
+                log.info("%s; fetching a fresh link", exc)
+            current = await self.result(request_id)
+            outputs = _completed_outputs(current, request_id)
+            if index >= len(outputs):
+                raise DownloadError(
+                    f"output {index} of job {request_id} is gone from the refreshed result",
+                    request_id=request_id,
+                )
+            uri, kind = outputs[index]
+            try:
+                files.append(await self.download(uri, kind=_kind(kind), request_id=request_id))
+            except DownloadError as exc:
+                raise DownloadError(
+                    f"{exc.message} (after refreshing the link once)",
+                    request_id=request_id, status_code=exc.status_code, transient=exc.transient,
+                ) from exc
+        return files
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        parse: Callable[[httpx.Response], T],
+        *,
+        what: str,
+        request_id: str,
+        refusals: tuple[int, ...] = (),
+    ) -> T:
+        """A safe-to-repeat API call: retried on anything transient, then parsed.
+
+        ``refusals`` are error statuses that ``parse`` reads as answers (cancel's 409).
+        """
+
+        async def once() -> T:
+            try:
+                response = await self._http.request(method, path, auth=self._auth)
+            except Exception as exc:  # safe to repeat, whatever broke on the way
+                raise TransientApiError(
+                    f"{what}: no answer from the API ({self._describe(exc)})", request_id=request_id
+                ) from exc
+            if not (response.is_success or response.status_code in refusals):
+                raise self._api_error(response, what=what, request_id=request_id)
+            try:
+                return parse(response)
+            except ValueError:  # not JSON, or not the shape the protocol promises
+                raise TransientApiError(
+                    f"{what}: HTTP {response.status_code} with a malformed body "
+                    f"({self._excerpt(response)})",
+                    status_code=response.status_code,
+                    request_id=request_id,
+                ) from None
+
+        return await timing.retry(once, on=is_transient, backoff=self._backoff, what=what)
+
+    def _submit_answer(self, response: httpx.Response, what: str) -> SubmitHandle:
+        """The handle in a submit's answer; no usable answer means the job may exist."""
+        if response.is_success:
+            try:
+                return SubmitHandle.model_validate(response.json())
+            except ValueError:
+                raise AmbiguousSubmissionError(
+                    f"{what}: HTTP {response.status_code} with a malformed body "
+                    f"({self._excerpt(response)}); a job may exist and is not resubmitted",
+                    status_code=response.status_code,
+                ) from None
+        error = self._api_error(response, what=what, request_id=None)
+        if response.status_code >= 500 or response.status_code == 408:  # it may have run
+            raise AmbiguousSubmissionError(
+                f"{error.message}; a job may exist and is not resubmitted",
+                status_code=error.status_code, error_code=error.error_code, detail=error.detail,
+            )
+        raise error  # 429 (retried by the caller's loop) or a 4xx: known not to have run
+
+    def _api_error(
+        self, response: httpx.Response, *, what: str, request_id: str | None
+    ) -> ApiError:
+        """The exception for an error answer, by HTTP status and RunComfy error_code."""
+        code = response.status_code
+        error_code, message, detail = _error_fields(response)
+        message, detail = _clip(self._scrub(message)), self._scrub_any(detail)
+        kw: dict[str, Any] = {
+            "status_code": code, "error_code": error_code, "detail": detail,
+            "request_id": request_id,
+        }
+        head = f"{what}: HTTP {code}" + (f" (error_code {error_code})" if error_code else "")
+        text = f"{head}: {message}" if message else head
+        if error_code in _ACCOUNT_CODES:
+            return AccountError(f"{text} [account: funds, or model disabled/deleted]", **kw)
+        if code in (401, 403):
+            return AuthenticationError(
+                f"{head}: the API rejected the token ({message or 'no reason given'}); "
+                f"check {TOKEN_ENV} or the token= argument",
+                **kw,
+            )
+        if code == 404:
+            return NotFoundError(text, **kw)
+        if code == 422:
+            return RejectedInputError(f"{text}; detail: {_clip(repr(detail))}", **kw)
+        if code == 429:
+            return RateLimitedError(text, retry_after=_retry_after(response), **kw)
+        if code >= 500 or code == 408:
+            return TransientApiError(text, **kw)
+        return PermanentApiError(text, **kw)
+
+    async def _download_once(
+        self, uri: str, kind: str, request_id: str | None, what: str
+    ) -> Download:
+        cap = self._caps[kind]
+        try:
+            # No auth= here and none on the client: file hosts never see the token.
+            async with self._http.stream("GET", uri, follow_redirects=True) as response:
+                code = response.status_code
+                if not response.is_success:
+                    raise DownloadError(
+                        f"{what}: HTTP {code}",
+                        request_id=request_id,
+                        status_code=code,
+                        transient=code >= 500 or code in (408, 429),
+                    )
+                content_type = response.headers.get("content-type", "")
+                if content_type.split(";")[0].strip().lower().split("/")[0] != kind:
+                    raise DownloadError(
+                        f"{what}: content type {content_type!r} is not {kind}/*",
+                        request_id=request_id, status_code=code, transient=False,
+                    )
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > cap:
+                    raise _too_large(what, cap, request_id, code)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > cap:  # stop reading now; leaving the block drops the stream
+                        raise _too_large(what, cap, request_id, code)
+                    chunks.append(chunk)
+        except DownloadError:
+            raise
+        except Exception as exc:  # a GET: safe to try again
+            raise DownloadError(
+                f"{what}: {self._describe(exc)}", request_id=request_id, transient=True
+            ) from exc
+        return Download(uri=uri, content=b"".join(chunks), content_type=content_type, size=size)
+
+    def _scrub(self, text: str) -> str:
+        """Server text with the token blanked out, should the server ever echo it."""
+        secret = self._token.get_secret_value()
+        return text.replace(secret, "[token]") if secret and secret in text else text
+
+    def _scrub_any(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._scrub(value)
+        if isinstance(value, dict):
+            return {k: self._scrub_any(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._scrub_any(v) for v in value]
+        return value
+
+    def _describe(self, exc: BaseException) -> str:
+        text = _clip(self._scrub(str(exc)))
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+    def _excerpt(self, response: httpx.Response) -> str:
+        return _clip(self._scrub(response.text)) or "empty"
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    default = 443 if url.scheme == "https" else 80
+    return url.scheme, url.host, url.port or default
+
+
+def _kind(kind: str) -> FileKind:
+    return "video" if kind == "video" else "image"
+
+
+def _check_id(value: str, name: str) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise InputError(f"{name}: must be a non-empty string without spaces", field=name)
+    return value
+
+
+def _request_path(request_id: str, action: str) -> str:
+    return f"/v1/requests/{quote(_check_id(request_id, 'request_id'), safe='')}/{action}"
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object")  # noqa: TRY004 - ValueError means "malformed"
+    return body
+
+
+def _cancel_answer(response: httpx.Response) -> tuple[bool, str | None]:
+    """(accepted, the job's status string if the answer says it) from a cancel answer."""
+    if response.is_success:
+        status = _json_object(response).get("status")
+        if not isinstance(status, str):
+            raise ValueError("cancel answer without a status")
+        return True, status
+    try:  # a refusal: its detail names the job's current status
+        detail = _json_object(response).get("detail")
+    except ValueError:
+        return False, None
+    status = detail.get("status") if isinstance(detail, dict) else None
+    return False, status if isinstance(status, str) else None
+
+
+def _completed_outputs(result: JobResult, request_id: str) -> list[tuple[str, str]]:
+    state = result.state
+    if state is JobState.FAILED:
+        raise JobFailedError(
+            f"job {request_id} failed: {result.error!r}",
+            request_id=request_id, status=result.status, error=result.error,
+        )
+    if state is JobState.CANCELLED:
+        raise JobCancelledError(
+            f"job {request_id} was cancelled", request_id=request_id, status=result.status
+        )
+    if state is not JobState.COMPLETED:
+        raise JobError(
+            f"job {request_id} is {result.status!r}, not completed: wait for it first",
+            request_id=request_id, status=result.status, transient=True,
+        )
+    if not result.outputs:
+        raise DownloadError(f"job {request_id} completed without output files",
+                            request_id=request_id)
+    return result.outputs
+
+
+def _error_fields(response: httpx.Response) -> tuple[int | None, str, Any]:
+    """(error_code, message, detail) from an error body; tolerant of any shape."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None, response.text or response.reason_phrase, None
+    if not isinstance(body, dict):
+        return None, str(body), None
+    raw = body.get("error_code")
+    error_code = int(raw) if isinstance(raw, int | str) and str(raw).isdigit() else None
+    message = body.get("message") or body.get("error") or response.reason_phrase
+    return error_code, str(message), body.get("detail")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds: delta-seconds or an HTTP date."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _too_large(what: str, cap: int, request_id: str | None, code: int) -> DownloadError:
+    return DownloadError(
+        f"{what}: larger than the {cap}-byte cap; aborted",
+        request_id=request_id, status_code=code, transient=False,
+    )
+
+
+def _safe_uri(uri: str) -> str:
+    """The URI without its query string (presigned links carry signatures there)."""
+    return uri.split("?", 1)[0].split("#", 1)[0]
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _EXCERPT else text[: _EXCERPT - 1] + "…"

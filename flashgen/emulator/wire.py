@@ -1,0 +1,90 @@
+"""How an injected fault looks on the wire: the answer a route gives when a fault hits it.
+
+    return await answer(emulator, "status", lambda: JSONResponse(emulator.status(...)))
+
+``429``, ``5xx``, ``expired`` and ``drop`` answer instead of the route, which then never
+runs. ``lost-answer``, ``malformed`` and ``slow`` let the route do its work (a submit
+creates its job) and then spoil, lose or delay the answer.
+
+A dropped answer sends its headers with a ``Content-Length`` and then raises
+``DroppedConnection``: uvicorn closes the socket without the body, so a client sees
+the transport error a reset connection gives. In-process under ``httpx.ASGITransport``
+the same exception reaches the caller directly; it is an ``httpx.RemoteProtocolError``,
+so the client's transport-error handling is what is exercised in both modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import httpx
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from flashgen.emulator.problems import ApiProblem, expired_link
+
+if TYPE_CHECKING:
+    from flashgen.emulator.service import Emulator
+
+
+class DroppedConnection(httpx.RemoteProtocolError):
+    """The emulator dropped the connection on purpose (a ``drop`` or ``lost-answer`` fault)."""
+
+
+class _DroppedAnswer(Response):
+    """The headers of a good answer (its content type, a length), then no body."""
+
+    def __init__(self, media_type: str, length: int) -> None:
+        super().__init__(media_type=media_type)
+        self.length = length
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"content-type", self.media_type.encode()),
+            (b"content-length", str(self.length).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        raise DroppedConnection("emulated fault: the connection was dropped before the answer")
+
+
+async def answer(
+    emulator: Emulator,
+    route: str,
+    make: Callable[[], Response | Awaitable[Response]],
+) -> Response:
+    """The answer of ``route``, made by ``make`` unless a fault drawn for it says otherwise."""
+    kind = emulator.draw_fault(route)
+    config = emulator.config
+    if kind == "429":
+        retry_after = f"{config.retry_after:g}"
+        return ApiProblem(
+            429,
+            429001,
+            f"too many requests; retry after {retry_after} s",
+            headers={"Retry-After": retry_after},
+        ).response()
+    if kind in ("500", "502", "503", "504"):
+        return ApiProblem(int(kind), 500001, f"server error {kind} (emulated fault)").response()
+    if kind == "expired":
+        return expired_link().response()
+    if kind == "drop":
+        # What the route would have sent, so a client's content checks pass and it is the
+        # missing body that it meets.
+        return _DroppedAnswer("image/png" if route == "file" else "application/json", 64)
+    try:
+        made = make()
+        response = await made if inspect.isawaitable(made) else made
+    except ApiProblem as problem:
+        response = problem.response()
+    if kind == "lost-answer":
+        return _DroppedAnswer(response.media_type or "application/json", len(response.body))
+    if kind == "malformed":
+        # Half the body: JSON that does not parse, a PNG that does not decode.
+        body = bytes(response.body)
+        return Response(body[: len(body) // 2], 200, media_type=response.media_type)
+    if kind == "slow":
+        await asyncio.sleep(config.slow_seconds)
+    return response
