@@ -49,7 +49,7 @@ def main() -> None:
                       PREFECT_LOGGING_LEVEL="WARNING", AWS_ACCESS_KEY_ID="x",
                       AWS_SECRET_ACCESS_KEY="x", AWS_DEFAULT_REGION="us-east-1",
                       FLASHGEN_BUCKET="bench", FLASHGEN_API_CONCURRENCY=str(args.concurrency),
-                      RUNCOMFY_API_TOKEN=TOKEN, FLASHGEN_POLL_INITIAL="0.1",
+                      RUNCOMFY_API_TOKEN=TOKEN, FLASHGEN_POLL_INITIAL="0.05",
                       FLASHGEN_POLL_MAXIMUM="0.5")
     os.environ.pop("AWS_ENDPOINT_URL", None)
 

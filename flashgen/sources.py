@@ -205,6 +205,16 @@ def fill_template(fields: dict[str, Any], variables: dict[str, str]) -> dict[str
     return {k: fill(v) if isinstance(v, str) else v for k, v in fields.items()}
 
 
+# A row's single value beats the defaults' list of the same field.
+_OVERRIDES = {"aspect_ratio": "aspect_ratios", "seed": "seeds"}
+
+
+def _merge(defaults: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    merged = {k: v for k, v in defaults.items()
+              if not any(own in fields and k == plural for own, plural in _OVERRIDES.items())}
+    return {**merged, **fields}
+
+
 def plan_batch(
     rows: Iterable[Row],
     *,
@@ -222,7 +232,7 @@ def plan_batch(
         if "__error__" in row.fields:
             invalid.append(InvalidRow(line=row.line, reason=row.fields["__error__"]))
             continue
-        fields = fill_template({**(defaults or {}), **row.fields}, variables or {})
+        fields = fill_template(_merge(defaults or {}, row.fields), variables or {})
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 import threading
 
@@ -55,6 +56,7 @@ class MotoS3:
 
     def __enter__(self) -> MotoS3:
         make_moto_puts_atomic()
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.url = f"http://{host}:{port}"

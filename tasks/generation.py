@@ -101,12 +101,13 @@ async def claim(rt: Runtime, item: Item) -> Claim:
     """Decide from the ledger what to do with ``item``, taking the claim if it is ours to send."""
     log = get_run_logger()
     while True:
-        found = await asyncio.to_thread(rt.store.read_ledger, item.key)
         fresh = _entry(rt, item, LedgerState.CLAIMED, lease_until=time.time() + rt.settings.claim_ttl)
+        # Most items are new: try the conditional create first, read only if it exists.
+        if await asyncio.to_thread(rt.store.claim, fresh):
+            return Claim(action=Action.SUBMIT)
+        found = await asyncio.to_thread(rt.store.read_ledger, item.key)
         if found is None:
-            if await asyncio.to_thread(rt.store.claim, fresh):
-                return Claim(action=Action.SUBMIT)
-            continue  # another run claimed it between our read and our put: read again
+            continue  # it vanished between our put and our read: try again
         entry, etag = found
         fresh.attempts = entry.attempts
         state = entry.state

@@ -94,9 +94,9 @@ def _keys(s3, prefix: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
-def _prompts(path: Path, n: int, *, extra: str = "") -> Path:
+def _prompts(path: Path, n: int) -> Path:
     lines = ["prompt,seed,aspect_ratio"] + [f"scene number {i},{i},16:9" for i in range(n)]
-    path.write_text("\n".join(lines) + "\n" + extra)
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
@@ -107,7 +107,10 @@ def _batch(env, source, *args, **kw) -> subprocess.CompletedProcess:
 
 def test_cli_batch_lands_everything_in_s3(stack, tmp_path):
     api, env, s3, prefix = stack
-    source = _prompts(tmp_path / "p.csv", 5, extra="an owl,1,7:3\n")
+    source = tmp_path / "p.csv"
+    source.write_text("prompt,seed,aspect_ratio\n"
+                      + "".join(f"scene number {i},{i},\n" for i in range(5))
+                      + "an owl,1,7:3\n")
     done = _batch(env, source, "--batch-id", "e2e", "--defaults",
                   json.dumps({"aspect_ratios": ["16:9", "1:1"]}))
     assert done.returncode == 1, done.stderr  # one invalid row fails the batch
