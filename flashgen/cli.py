@@ -32,8 +32,9 @@ app = typer.Typer(
 app.command("emulator", help="Run the local RunComfy-compatible API emulator.")(emulator_command)
 
 ModelOpt = Annotated[str, typer.Option("--model", help="RunComfy model id.")]
-BucketOpt = Annotated[str | None, typer.Option(help="S3 bucket [env FLASHGEN_BUCKET].")]
-PrefixOpt = Annotated[str | None, typer.Option(help="Key prefix [env FLASHGEN_PREFIX].")]
+BucketOpt = Annotated[str | None, typer.Option(help="S3 bucket.", envvar="FLASHGEN_BUCKET")]
+PrefixOpt = Annotated[str | None, typer.Option(help="Key prefix inside the bucket.",
+                                               envvar="FLASHGEN_PREFIX")]
 
 
 def _fail(exc: Exception, code: int = 1) -> None:
@@ -66,7 +67,7 @@ def _call(method: str, request_id: str) -> Any:
 
 @app.command()
 def status(request_id: str) -> None:
-    """Show a request's current state [env RUNCOMFY_API_TOKEN, RUNCOMFY_BASE_URL]."""
+    """Show a request's current state (token and URL from RUNCOMFY_API_TOKEN, RUNCOMFY_BASE_URL)."""
     typer.echo(_call("status", request_id).model_dump_json(indent=2, exclude_none=True))
 
 
@@ -111,7 +112,7 @@ def batch(
     bucket: BucketOpt = None,
     prefix: PrefixOpt = None,
     concurrency: Annotated[int | None, typer.Option(
-        help="Jobs at the API at once [env FLASHGEN_API_CONCURRENCY].")] = None,
+        help="Jobs at the API at once.", envvar="FLASHGEN_API_CONCURRENCY")] = None,
     force: Annotated[bool, typer.Option(help="Generate again even if stored.")] = False,
     batch_id: Annotated[str | None, typer.Option(help="Names the manifest.")] = None,
     model: ModelOpt = DEFAULT_MODEL,

@@ -157,6 +157,8 @@ class WanFlashInput(BaseModel):
     def json_schema(cls) -> dict[str, Any]:
         """The schema as the API publishes it (no pydantic-only keys)."""
         schema = cls.model_json_schema()
+        schema.pop("description", None)  # the class docstring, not part of the API's schema
+        schema.pop("additionalProperties", None)
         for prop in schema["properties"].values():
             if "const" in prop:  # pydantic writes Literal[5] as const; the API writes an enum
                 prop["enum"] = [prop.pop("const")]

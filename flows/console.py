@@ -33,18 +33,28 @@ def progress_bar() -> Iterator[None]:
             remove()
 
 
-def print_summary(summary: BatchSummary, *, image_paths: dict[str, str] | None = None) -> None:
-    """A table of results with their S3 keys (and local copies, when given)."""
-    table = Table(title=summary.describe(), show_lines=False)
-    for column in ("line", "prompt", "aspect ratio", "seed", "state", "S3 key / reason"):
-        table.add_column(column, overflow="fold")
+def print_summary(summary: BatchSummary) -> None:
+    """A table of results: one row per input, with its S3 key or the reason it failed."""
+    table = Table(title=summary.describe(), expand=False)
+    for column, style in (("line", "dim"), ("prompt", ""), ("aspect ratio", ""), ("seed", ""),
+                          ("state", ""), ("S3 key / reason", "")):
+        table.add_column(column, style=style, overflow="fold")
     for row in summary.rows:
-        where = (row.image_uris[0] if row.image_uris else row.reason) or ""
-        if image_paths and row.image_uris:
-            where += f"\n→ {image_paths.get(row.image_uris[0], '')}"
+        where = _key(row.image_uris[0]) if row.image_uris else (row.reason or "")
         colour = {"stored": "green", "skipped": "cyan"}.get(row.state.value, "red")
-        table.add_row(str(row.line or ""), (row.prompt or "")[:48], row.aspect_ratio or "",
-                      str(row.seed or ""), f"[{colour}]{row.state.value}[/]", where)
-    Console().print(table)
+        table.add_row(str(row.line or ""), _clip(row.prompt or "", 40),
+                      (row.aspect_ratio or "").split(" ")[-1].strip("()"), str(row.seed or ""),
+                      f"[{colour}]{row.state.value}[/]", where)
+    out = Console(width=max(Console().width, 160))
+    out.print(table)
     if summary.manifest_uri:
-        Console().print(f"manifest: {summary.manifest_uri}")
+        out.print(f"manifest: {summary.manifest_uri}")
+
+
+def _key(uri: str) -> str:
+    """``s3://bucket/prefix/images/…`` → ``prefix/images/…`` (the bucket is in the title)."""
+    return uri.split("/", 3)[-1] if uri.startswith("s3://") else uri
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -63,8 +63,8 @@ def _main(out: Path, job_time: float, concurrency: int) -> int:
         if isinstance(summary, BaseException):
             print(f"error: {summary}", file=sys.stderr)
             return 1
-        local = _copy_images(store, summary.image_uris, out / "images")
-        print_summary(summary, image_paths=local)
+        _copy_images(store, summary.image_uris, out / "images")
+        print_summary(summary)
         stats = api.stats()
         print(f"\nemulator saw {stats['submissions']} submissions "
               f"({stats['duplicate_submissions']} duplicate), at most "
@@ -87,15 +87,12 @@ async def _ensure_limit(name: str, limit: int) -> None:
                 GlobalConcurrencyLimitCreate(name=name, limit=limit))
 
 
-def _copy_images(store, uris: list[str], folder: Path) -> dict[str, str]:
+def _copy_images(store, uris: list[str], folder: Path) -> None:
+    """Local copies named as in S3 (``<key>.png``), so the table's keys find them."""
     folder.mkdir(parents=True, exist_ok=True)
-    local = {}
     for uri in uris:
         name = re.sub(r"[^A-Za-z0-9._-]", "_", uri.rsplit("/", 1)[-1])
-        path = folder / name
-        path.write_bytes(store.read_bytes(uri))
-        local[uri] = str(path)
-    return local
+        (folder / name).write_bytes(store.read_bytes(uri))
 
 
 if __name__ == "__main__":

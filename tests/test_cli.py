@@ -1,0 +1,50 @@
+"""The `flashgen` command: every command answers --help, and `schema` prints the API's schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flashgen.cli import app
+
+SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "input_schema.json"
+runner = CliRunner()
+
+
+def test_schema_prints_the_models_input_schema_exactly():
+    if not SPEC.exists():
+        pytest.skip("shared/spec is not beside the repository")
+    printed = json.loads(runner.invoke(app, ["schema"]).stdout)
+    spec = json.loads(SPEC.read_text())
+    assert printed["required"] == spec["required"]
+    assert list(printed["properties"]) == list(spec["properties"])
+    for name, field in spec["properties"].items():
+        assert printed["properties"][name].get("default") == field.get("default"), name
+        assert printed["properties"][name].get("enum") == field.get("enum"), name
+        assert printed["properties"][name]["type"] == field["type"], name
+    assert printed == spec
+
+
+def test_schema_of_an_unknown_model_names_the_known_ones():
+    result = runner.invoke(app, ["schema", "--model", "acme/other"])
+    assert result.exit_code == 2
+    assert "wan-ai/wan-2-2/flash/text-to-image" in result.output
+
+
+@pytest.mark.parametrize("command", [
+    [], ["emulator"], ["schema"], ["status"], ["result"], ["cancel"], ["generate"], ["batch"],
+    ["demo"], ["provision"]])
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_status_of_a_malformed_id_fails_clearly_without_the_token(monkeypatch):
+    monkeypatch.setenv("RUNCOMFY_API_TOKEN", "unused")
+    result = runner.invoke(app, ["status", "bad id with spaces"])
+    assert result.exit_code == 1
+    assert "unused" not in result.output
