@@ -108,7 +108,10 @@ def generate(
 
 @app.command()
 def batch(
-    source: Annotated[str, typer.Argument(help="CSV, JSONL, JSON or YAML file, or s3:// URI.")],
+    source: Annotated[str | None, typer.Argument(
+        help="CSV, JSONL, JSON or YAML file, or s3:// URI.")] = None,
+    prompt: Annotated[list[str] | None, typer.Option(
+        "--prompt", "-p", help="A prompt (repeatable); with or without SOURCE.")] = None,
     bucket: BucketOpt = None,
     prefix: PrefixOpt = None,
     concurrency: Annotated[int | None, typer.Option(
@@ -131,7 +134,7 @@ def batch(
         parsed = json.loads(defaults) if defaults else None
     except json.JSONDecodeError as exc:
         _fail(InputError(f"--defaults: not valid JSON: {exc}"), 2)
-    _run_flow(generate_images, source=source, defaults=parsed, model_id=model, bucket=bucket,
+    _run_flow(generate_images, source=source, prompts=prompt or None, defaults=parsed, model_id=model, bucket=bucket,
               prefix=prefix, concurrency=concurrency, force=force, batch_id=batch_id,
               strict=strict, max_failure_ratio=max_failure_ratio,
               resubmit_ambiguous=resubmit_ambiguous)

@@ -18,6 +18,7 @@ import csv
 import io
 import itertools
 import json
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -115,11 +116,27 @@ def _jsonl_rows(text: str) -> list[Row]:
     return rows
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML without 1.1's base-60 numbers, which would read ``aspect_ratio: 9:16`` as 556."""
+
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(0|[1-9][0-9_]*)$"),
+                                  list("-+0123456789"))
+_YamlLoader.add_implicit_resolver(
+    _FLOAT, re.compile(r"^[-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?$"),
+    list("-+.0123456789"))
+
+
 def _yaml_rows(text: str) -> list[Row]:
     """A list of rows, or ``{defaults: {...}, prompts: [...]}`` (defaults merge into rows)."""
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_YamlLoader)
+        data = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise InputError(f"source: not valid YAML: {exc}", field="source") from None
     defaults: dict[str, Any] = {}

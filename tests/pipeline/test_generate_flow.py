@@ -48,6 +48,20 @@ async def test_batch_lands_images_records_and_manifest(pipeline, emulator):
     assert emulator.stats()["submissions"] == 6
     everything = "".join(pipeline.read_text(k) for k in records + _objects(pipeline, "ledger/"))
     assert TOKEN not in everything
+    table = await _artifact("batch-b1")
+    assert table.type == "table" and "6 stored" in table.description
+    assert len(json.loads(table.data)) == 6 and TOKEN not in table.data
+
+
+async def _artifact(key: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert found, f"no artifact {key!r}"
+    return found[0]
 
 
 async def test_rerun_skips_stored_items_without_submitting(pipeline, emulator):
