@@ -45,14 +45,14 @@ class Settings(BaseSettings):
     s3_kms_key_id: str | None = None
     api_concurrency: int = Field(4, ge=1)
     concurrency_limit: str = "runcomfy-api"
-    claim_ttl: float = Field(120.0, gt=0)
+    # Longer than a submit can take with all its retries (the client's budget is 120 s).
+    claim_ttl: float = Field(300.0, gt=0)
     max_image_bytes: int = 50 * 1024 * 1024
     max_video_bytes: int = 100 * 1024 * 1024
     job_deadline: float = Field(900.0, gt=0)
     poll_initial: float = Field(0.5, gt=0)
     poll_maximum: float = Field(5.0, gt=0)
     task_retry_delay: float = Field(2.0, ge=0)
-    testing: bool = False
 
 
 @lru_cache

@@ -28,7 +28,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Failed
 
 from flashgen.client import RunComfyClient
-from flashgen.errors import InputError
+from flashgen.errors import InputError, is_transient
 from flashgen.models import DEFAULT_MODEL
 from flashgen.records import ItemState, LedgerState, ManifestRow, Timings
 from flashgen.settings import Settings, get_settings
@@ -238,7 +238,12 @@ async def _run_item(rt: Runtime, item: Item, local: asyncio.Semaphore,
                 if rate_limited:
                     await rate_limit(SUBMIT_RATE_LIMIT)
                 timings.submitted_at = datetime.now(UTC)
-                request_id = await steps.submit(rt, item, claim.attempts)
+                try:
+                    request_id = await steps.submit(rt, item, claim.attempts)
+                except Exception as exc:
+                    if is_transient(exc):  # retries spent, and it never reached the API
+                        await steps.release_claim(rt, item, str(exc))
+                    raise
                 attempts += 1
             row.request_id = request_id
             waited = await steps.wait(rt, item, request_id)

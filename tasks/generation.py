@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 from prefect import get_run_logger, task
+from prefect.runtime import task_run
 from pydantic import BaseModel
 
 from flashgen import timing
@@ -145,8 +146,14 @@ async def claim(rt: Runtime, item: Item) -> Claim:
 
 @task(name="submit", **task_options())
 async def submit(rt: Runtime, item: Item, attempts: int) -> str:
-    """Send the job and record its request_id before anything else happens."""
+    """Send the job and record its request_id before anything else happens.
+
+    A failure known not to have reached the API leaves our claim in place for the task's
+    retry (its lease renewed first); one that may have reached it is recorded as ambiguous.
+    """
     log = get_run_logger()
+    if task_run.get_run_count() > 1:
+        await _renew_claim(rt, item)
     try:
         handle = await rt.client.submit(item.model_id, item.inputs)
     except AmbiguousSubmissionError as exc:
@@ -154,13 +161,35 @@ async def submit(rt: Runtime, item: Item, attempts: int) -> str:
                                 error=str(exc)))
         raise
     except FlashgenError as exc:
-        # Known not sent (refused, or failed before reaching the API): nothing was paid.
-        await _write(rt, _entry(rt, item, LedgerState.FAILED, attempts=attempts, error=str(exc)))
+        if not exc.transient:  # refused (token, input, account): nothing was paid
+            await _write(rt, _entry(rt, item, LedgerState.FAILED, attempts=attempts,
+                                    error=str(exc)))
         raise
     await _write(rt, _entry(rt, item, LedgerState.SUBMITTED, request_id=handle.request_id,
                             attempts=attempts + 1))
     log.info("submitted line %s as %s", item.line, handle.request_id)
     return handle.request_id
+
+
+async def _renew_claim(rt: Runtime, item: Item) -> None:
+    """Before a retried submit: the claim must still be ours, with a fresh lease."""
+    found = await asyncio.to_thread(rt.store.read_ledger, item.key)
+    if found is not None and found[0].owner == rt.owner and found[0].state == LedgerState.CLAIMED:
+        entry, etag = found
+        entry.lease_until = time.time() + rt.settings.claim_ttl
+        if await asyncio.to_thread(rt.store.replace_ledger, entry, etag):
+            return
+    raise StorageError(f"claim on {item.key} was lost before the submit could be retried; "
+                       "not sending it")
+
+
+async def release_claim(rt: Runtime, item: Item, reason: str) -> None:
+    """Mark an unsent claim of ours failed, so a later run may submit the item."""
+    found = await asyncio.to_thread(rt.store.read_ledger, item.key)
+    if found is not None and found[0].owner == rt.owner and found[0].state == LedgerState.CLAIMED:
+        entry, etag = found
+        entry.state, entry.error = LedgerState.FAILED, reason
+        await asyncio.to_thread(rt.store.replace_ledger, entry, etag)
 
 
 @task(name="wait-until-complete", **task_options())

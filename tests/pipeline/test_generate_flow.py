@@ -171,3 +171,27 @@ async def test_job_still_queued_at_deadline_is_cancelled(pipeline, emulator, mon
     reasons = " ".join(row.reason or "" for row in summary.rows)
     assert "cancelled" in reasons  # the queued one
     assert emulator.stats()["cancels"] >= 1
+
+
+@pytest.mark.parametrize("emulator_config", [EmulatorConfig(
+    workers=4, job_time=0.1, tokens=[TOKEN], retry_after=0.01, fault_seed=3,
+    faults=["submit:429:0.5", "status:503:0.3", "result:500:0.3"])])
+async def test_transient_faults_are_retried_without_paying_twice(pipeline, emulator):
+    state, summary = await _run(prompts=[f"flaky {n}" for n in range(8)])
+    assert state.is_completed(), state.message
+    stats = emulator.stats()
+    assert summary.stored == 8 and stats["submissions"] == 8
+    assert stats["duplicate_submissions"] == 0 and sum(stats["faults_injected"].values()) > 0
+
+
+@pytest.mark.parametrize("emulator_config", [EmulatorConfig(
+    workers=4, job_time=0.1, tokens=[TOKEN], retry_after=0.01, faults=["submit:429:1.0"])])
+async def test_unsent_submit_releases_its_claim_for_a_later_run(pipeline, emulator):
+    state, summary = await _run(prompts=PROMPTS[:1])
+    assert state.is_failed() and "RateLimited" in summary.rows[0].reason
+    entry, _ = pipeline.read_ledger(summary.rows[0].key)
+    assert entry.state == LedgerState.FAILED and entry.request_id is None
+    assert emulator.stats()["submissions"] == 0
+    emulator.set_faults([])
+    state, summary = await _run(prompts=PROMPTS[:1])
+    assert state.is_completed() and emulator.stats()["submissions"] == 1
