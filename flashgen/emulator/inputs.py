@@ -22,9 +22,11 @@ from jsonschema import Draft202012Validator, ValidationError
 from flashgen.emulator.problems import ApiProblem
 from flashgen.models import DEFAULT_MODEL, WanFlashInput
 
-# The models the emulator serves, each with the validator of its input schema.
+# The models the emulator serves, each with the validator of its input schema. Unknown
+# fields are refused, as a strict API would: a typo must not silently fall back to a default.
 VALIDATORS: dict[str, Draft202012Validator] = {
-    DEFAULT_MODEL: Draft202012Validator(WanFlashInput.json_schema()),
+    DEFAULT_MODEL: Draft202012Validator(
+        {**WanFlashInput.json_schema(), "additionalProperties": False}),
 }
 
 
