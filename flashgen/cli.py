@@ -134,7 +134,8 @@ def batch(
         parsed = json.loads(defaults) if defaults else None
     except json.JSONDecodeError as exc:
         _fail(InputError(f"--defaults: not valid JSON: {exc}"), 2)
-    _run_flow(generate_images, source=source, prompts=prompt or None, defaults=parsed, model_id=model, bucket=bucket,
+    _run_flow(generate_images, source=source, prompts=prompt or None, defaults=parsed,
+              model_id=model, bucket=bucket,
               prefix=prefix, concurrency=concurrency, force=force, batch_id=batch_id,
               strict=strict, max_failure_ratio=max_failure_ratio,
               resubmit_ambiguous=resubmit_ambiguous)

@@ -537,7 +537,7 @@ def _request_path(request_id: str, action: str) -> str:
 def _json_object(response: httpx.Response) -> dict[str, Any]:
     body = response.json()
     if not isinstance(body, dict):
-        raise ValueError("expected a JSON object")  # noqa: TRY004 - ValueError means "malformed"
+        raise ValueError("expected a JSON object")
     return body
 
 

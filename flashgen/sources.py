@@ -89,7 +89,8 @@ def read_rows(source: str, read_s3: Callable[[str], str] | None = None) -> list[
         try:
             text = Path(source).read_text(encoding="utf-8")
         except OSError as exc:
-            raise InputError(f"source: cannot read {source!r}: {exc.strerror}", field="source")
+            raise InputError(f"source: cannot read {source!r}: {exc.strerror}",
+                             field="source") from None
     return {"csv": _csv_rows, "jsonl": _jsonl_rows, "yaml": _yaml_rows}[kind](text)
 
 
@@ -136,7 +137,7 @@ def _yaml_rows(text: str) -> list[Row]:
     """A list of rows, or ``{defaults: {...}, prompts: [...]}`` (defaults merge into rows)."""
     try:
         node = yaml.compose(text, Loader=_YamlLoader)
-        data = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_YamlLoader)
     except yaml.YAMLError as exc:
         raise InputError(f"source: not valid YAML: {exc}", field="source") from None
     defaults: dict[str, Any] = {}

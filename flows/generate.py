@@ -158,8 +158,8 @@ async def run_batch(
     for bad in plan.invalid:
         log.error("line %s is invalid and will not be sent: %s", bad.line, bad.reason)
     if strict and plan.invalid:
-        raise InputError("strict: %d invalid row(s), nothing sent: %s" % (
-            len(plan.invalid), "; ".join(f"line {b.line}: {b.reason}" for b in plan.invalid)))
+        reasons = "; ".join(f"line {b.line}: {b.reason}" for b in plan.invalid)
+        raise InputError(f"strict: {len(plan.invalid)} invalid row(s), nothing sent: {reasons}")
 
     store = Store.from_settings(settings, bucket=bucket, prefix=prefix)
     flow_run_id = runtime_flow_run.get_id()

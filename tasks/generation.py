@@ -102,7 +102,8 @@ async def claim(rt: Runtime, item: Item) -> Claim:
     """Decide from the ledger what to do with ``item``, taking the claim if it is ours to send."""
     log = get_run_logger()
     while True:
-        fresh = _entry(rt, item, LedgerState.CLAIMED, lease_until=time.time() + rt.settings.claim_ttl)
+        lease_until = time.time() + rt.settings.claim_ttl
+        fresh = _entry(rt, item, LedgerState.CLAIMED, lease_until=lease_until)
         # Most items are new: try the conditional create first, read only if it exists.
         if await asyncio.to_thread(rt.store.claim, fresh):
             return Claim(action=Action.SUBMIT)

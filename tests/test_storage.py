@@ -50,7 +50,7 @@ def _claim_from_threads(store: Store, key: str, n: int = 16) -> list[str]:
             start.wait()
             if store.claim(_entry(key, owner=owner)):
                 winners.append(owner)
-        except BaseException as exc:  # noqa: BLE001 - reported below, in the test's thread
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=contend, args=(f"run-{i}",)) for i in range(n)]

@@ -13,13 +13,13 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="flashgen-prefect-
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ["FLASHGEN_TASK_RETRY_DELAY"] = "0"  # read when the tasks module is imported
 
-import boto3  # noqa: E402
-import pytest  # noqa: E402
-from moto import mock_aws  # noqa: E402
+import boto3
+import pytest
+from moto import mock_aws
 
-from flashgen.emulator import EmulatorConfig, EmulatorServer  # noqa: E402
-from flashgen.settings import get_settings  # noqa: E402
-from flashgen.storage import Store  # noqa: E402
+from flashgen.emulator import EmulatorConfig, EmulatorServer
+from flashgen.settings import get_settings
+from flashgen.storage import Store
 
 TOKEN = "pipeline-test-token-0123456789"
 BUCKET = "flashgen-pipeline"

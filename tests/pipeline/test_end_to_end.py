@@ -171,7 +171,7 @@ def test_two_runs_at_once_submit_each_item_once(stack, tmp_path):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     outputs = [run.communicate(timeout=600) for run in runs]
-    for run, (out, err) in zip(runs, outputs, strict=True):
+    for run, (_, err) in zip(runs, outputs, strict=True):
         assert run.returncode == 0, err[-3000:]
     stats = api.stats()
     assert stats["submissions"] == 12 and stats["duplicate_submissions"] == 0
