@@ -7,6 +7,7 @@ from prefect.events import emit_event
 from pydantic import BaseModel
 
 from flashgen.records import ItemState, ManifestRow
+from flows.events import BATCH_COMPLETED, BATCH_FAILED
 
 FIRST_ERRORS = 5
 
@@ -64,9 +65,9 @@ async def publish_table(summary: BatchSummary, rows: list[ManifestRow]) -> None:
 
 
 def emit_batch_event(summary: BatchSummary) -> None:
-    """``flashgen.batch.completed`` or ``flashgen.batch.failed``, for downstream triggers."""
+    """``flashgen.batch.completed`` or ``.failed``, for downstream triggers and alerts."""
     emit_event(
-        event="flashgen.batch." + ("completed" if summary.ok else "failed"),
+        event=BATCH_COMPLETED if summary.ok else BATCH_FAILED,
         resource={"prefect.resource.id": f"flashgen.batch.{summary.batch_id}",
                   "prefect.resource.name": summary.batch_id},
         payload={"batch_id": summary.batch_id, "deployment": summary.deployment,

@@ -74,17 +74,13 @@ def _main(out: Path, job_time: float, concurrency: int) -> int:
 
 
 async def _ensure_limit(name: str, limit: int) -> None:
-    """The shared API limit, as `flashgen provision` would create it."""
+    """The shared API limit, exactly as `flashgen provision` creates it."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectNotFound
+
+    from infra.provision import ensure_limit
 
     async with get_client() as client:
-        try:
-            await client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            await client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=name, limit=limit))
+        await ensure_limit(client, name, limit=limit)
 
 
 def _copy_images(store, uris: list[str], folder: Path) -> None:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import urllib.request
+
+# Before anything imports Prefect: its own home (no results or DB leak between runs), no
+# analytics, and task retries without waiting (read when tasks/ is imported).
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="flashgen-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ["FLASHGEN_TASK_RETRY_DELAY"] = "0"
 
 import boto3
 import pytest
@@ -11,6 +19,15 @@ from moto.server import ThreadedMotoServer
 
 from flashgen.storage import Store
 from infra.stack import make_moto_puts_atomic
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server for the whole session (it takes about ten seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
 
 @pytest.fixture
 def moto_atomic_puts():

@@ -6,13 +6,6 @@ these fixtures only point that environment at the local stand-ins.
 
 from __future__ import annotations
 
-import os
-import tempfile
-
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="flashgen-prefect-"))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ["FLASHGEN_TASK_RETRY_DELAY"] = "0"  # read when the tasks module is imported
-
 import boto3
 import pytest
 from moto import mock_aws
@@ -23,14 +16,6 @@ from flashgen.storage import Store
 
 TOKEN = "pipeline-test-token-0123456789"
 BUCKET = "flashgen-pipeline"
-
-
-@pytest.fixture(scope="session")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 @pytest.fixture

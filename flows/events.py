@@ -1,0 +1,37 @@
+"""flashgen's own Prefect events: their names, and a send the server confirms.
+
+    flashgen.prompts.uploaded   a prompt file landed in the inbox (flows/inbox.py);
+                                the ``inbox`` deployment's trigger starts a batch on it
+    flashgen.batch.completed    a batch ended within its failure ratio (flows/summary.py)
+    flashgen.batch.failed       a batch ended with too many failed items; an automation alerts
+
+``prefect.yaml`` and ``deployments/automations.yaml`` match on these same strings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prefect.events import Event
+from prefect.events.related import related_resources_from_run_context
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
+
+PROMPTS_UPLOADED = "flashgen.prompts.uploaded"
+BATCH_COMPLETED = "flashgen.batch.completed"
+BATCH_FAILED = "flashgen.batch.failed"
+
+
+async def send_event(client: PrefectClient, event: Event) -> None:
+    """POST ``event`` to the server and return once it has accepted it.
+
+    ``emit_event`` only queues an event in this process; a sensor must know the server has
+    it before recording it as sent. Sending an event again with the same ``id`` is safe:
+    the server stores an id once and its triggers skip ids they have already seen.
+    The resources of the current flow run are attached, as ``emit_event`` would.
+    """
+    related = await related_resources_from_run_context(client)
+    body = event.model_copy(update={"related": [*event.related, *related]})
+    response = await client.request("POST", "/events", json=[body.model_dump(mode="json")])
+    response.raise_for_status()

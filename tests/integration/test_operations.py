@@ -1,0 +1,426 @@
+"""flashgen as operations runs it, on real processes: a Prefect server on PostgreSQL, two
+process workers, moto's S3 server, the RunComfy emulator and a webhook receiver.
+
+Nothing is shared in-process with them: this test talks to each over HTTP and runs the
+`flashgen` and `prefect` commands as an operator would. The stack is built once for the
+module (fixture ``stack``); every process it starts is stopped, and its database dropped,
+even when a test fails. Each test leaves the stack as the next one expects it, so they run
+in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import boto3
+import httpx
+import pytest
+import yaml
+from botocore.config import Config
+
+from infra.stack import FAKE_AWS, free_port
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PYTHON = sys.executable
+PREFECT = str(BIN / "prefect")
+PGUSER = os.environ.get("FLASHGEN_IT_PGUSER", "postgres")  # trust auth on 127.0.0.1
+PG = ["-h", "127.0.0.1", "-p", "5432", "-U", PGUSER]
+BUCKET = "flashgen-it"
+PREFIX = "it"
+API_SLOTS = 3  # the global limit; each on-demand run asks for 2 (prefect.yaml)
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    """A child process in its own session, logging to a file; ``stop`` ends its group."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def stop(self, grace: float = 15) -> None:
+        if self.popen.poll() is None:
+            _signal_group(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+        _signal_group(self.popen.pid, signal.SIGKILL)  # anything its group left behind
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"--- {self.name} ({self.log}) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _ours(marker: str) -> list[int]:
+    """Processes whose environment carries this test's marker (flow runs start their own
+    sessions, so they are found by the marker rather than by process group)."""
+    found = []
+    needle = f"FLASHGEN_IT_MARKER={marker}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    marker: str
+    procs: list[Proc] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # what flashgen/prefect commands get
+    api: str = ""
+    emulator: str = ""
+    s3_url: str = ""
+    hook_file: Path = Path()
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
+        log = self.tmp / f"{name}.log"
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def run(self, args: list[str], *, env: dict[str, str] | None = None,
+            timeout: float = 180) -> str:
+        """Run a command to its end; its output, or a failure showing it."""
+        done = subprocess.run(args, check=False, cwd=REPO, env=env or self.env,
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{output}"
+        return output
+
+    def logs(self) -> str:
+        return "\n".join(p.tail() for p in self.procs)
+
+    # -- Prefect's REST API ----------------------------------------------------------------
+
+    def get(self, path: str) -> Any:
+        response = httpx.get(self.api + path, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        response = httpx.post(self.api + path, json=body, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        return self.get(f"/deployments/name/{name}")
+
+    def runs_of(self, deployment: str) -> list[dict[str, Any]]:
+        dep = self.deployment(deployment)
+        return self.post("/flow_runs/filter", {
+            "deployments": {"id": {"any_": [dep["id"]]}}, "sort": "EXPECTED_START_TIME_ASC",
+            "limit": 200})
+
+    def run_deployment(self, name: str, *args: str) -> str:
+        """``prefect deployment run NAME ARGS``; the new flow run's id."""
+        output = self.run([PREFECT, "deployment", "run", name, *args])
+        found = re.search(r"UUID:\s*([0-9a-f-]{36})", output)
+        assert found, output
+        return found.group(1)
+
+    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 150,
+                 every: float = 1.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(every)
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{self.logs()}")
+
+    def finished(self, flow_run_id: str, timeout: float = 150) -> dict[str, Any]:
+        def state() -> dict[str, Any] | None:
+            run = self.get(f"/flow_runs/{flow_run_id}")
+            return run if run["state_type"] in TERMINAL else None
+        return self.wait_for(f"flow run {flow_run_id} to finish", state, timeout)
+
+    def emulator_stats(self) -> dict[str, Any]:
+        return httpx.get(self.emulator + "/_emulator/stats", timeout=10).json()
+
+    def notifications(self) -> list[dict[str, Any]]:
+        if not self.hook_file.exists():
+            return []
+        return [json.loads(line) for line in self.hook_file.read_text().splitlines() if line]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("operations")
+    s = Stack(tmp=tmp, marker=uuid.uuid4().hex)
+    s.tokens = {"good": "tok-good-" + uuid.uuid4().hex, "bad": "tok-bad-" + uuid.uuid4().hex}
+    database = f"flashgen_it_{s.marker[:12]}"
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("PREFECT_", "AWS_", "FLASHGEN_", "RUNCOMFY_"))}
+    clean.update(PYTHONUNBUFFERED="1", FLASHGEN_IT_MARKER=s.marker,
+                 PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    subprocess.run(["createdb", *PG, database], check=True, capture_output=True, timeout=60)
+    try:
+        ports = {name: free_port() for name in ("prefect", "s3", "emulator", "hook")}
+        s.api = f"http://127.0.0.1:{ports['prefect']}/api"
+        ui = f"http://127.0.0.1:{ports['prefect']}"
+        s.emulator = f"http://127.0.0.1:{ports['emulator']}"
+        s.hook_file = tmp / "notifications.jsonl"
+
+        server = s.start("prefect-server", [PREFECT, "server", "start", "--host", "127.0.0.1",
+                                            "--port", str(ports["prefect"]), "--no-ui"], {
+            **clean, "PREFECT_HOME": str(tmp / "server-home"), "PREFECT_UI_URL": ui,
+            "PREFECT_API_DATABASE_CONNECTION_URL":
+                f"postgresql+asyncpg://{PGUSER}@127.0.0.1:5432/{database}"})
+        moto = s.start("moto-s3", [PYTHON, "-m", "infra.stack", "--port", str(ports["s3"])],
+                       clean)
+        s.start("emulator", [PYTHON, "-m", "flashgen.cli", "emulator", "--host", "127.0.0.1",
+                             "--port", str(ports["emulator"]), "--workers", "8",
+                             "--job-time", "0.5", "--token", s.tokens["good"]], clean)
+        s.start("webhook", [PYTHON, str(REPO / "tests/integration/webhook_receiver.py"),
+                            str(ports["hook"]), str(s.hook_file)], clean)
+        s.s3_url = f"http://127.0.0.1:{ports['s3']}"
+        s.env = {**clean, **FAKE_AWS, "AWS_ENDPOINT_URL": s.s3_url,
+                 "PREFECT_API_URL": s.api, "PREFECT_UI_URL": ui,
+                 "PREFECT_HOME": str(tmp / "cli-home"), "PREFECT_WORKER_QUERY_SECONDS": "1",
+                 "FLASHGEN_BUCKET": BUCKET, "FLASHGEN_PREFIX": PREFIX,
+                 "FLASHGEN_API_CONCURRENCY": str(API_SLOTS), "RUNCOMFY_BASE_URL": s.emulator,
+                 "FLASHGEN_POLL_INITIAL": "0.2", "FLASHGEN_POLL_MAXIMUM": "0.5"}
+        for name, url in (("prefect server", s.api + "/health"), ("moto", s.s3_url),
+                          ("emulator", s.emulator + "/_emulator/stats")):
+            s.wait_for(name, lambda url=url: _healthy(url), timeout=120, every=0.5)
+        assert moto.popen.poll() is None and server.popen.poll() is None
+
+        # The operator's part: provision (the token comes from the environment, never
+        # from the command line), then deploy everything in prefect.yaml.
+        provision = [PYTHON, "-m", "flashgen.cli", "provision", "--submit-rate", "20",
+                     "--webhook-url", f"http://127.0.0.1:{ports['hook']}/alerts"]
+        token_env = {**s.env, "RUNCOMFY_API_TOKEN": s.tokens["good"]}
+        first, again = s.run(provision, env=token_env), s.run(provision, env=token_env)
+        assert "created    automation flashgen-run-failed" in first, first
+        assert re.fullmatch(r"(unchanged .*\n)+\d+ unchanged\n", again), again
+        assert s.tokens["good"] not in first + again
+        s.run([PREFECT, "--no-prompt", "deploy", "--all"], env={**s.env, "PWD": str(REPO)})
+        # The sensor is run by hand below; its every-minute schedule would race the checks.
+        sensor = s.deployment("watch-inbox/inbox-sensor")
+        assert sensor["schedules"][0]["schedule"]["interval"] == 60
+        httpx.patch(f"{s.api}/deployments/{sensor['id']}/schedules/"
+                    f"{sensor['schedules'][0]['id']}", json={"active": False},
+                    timeout=30).raise_for_status()
+        for n in (1, 2):  # workers get no token: the flows read the Secret block
+            s.start(f"worker-{n}", [PREFECT, "worker", "start", "--pool", "flashgen-process",
+                                    "--name", f"it-worker-{n}", "--limit", "1"],
+                    {**s.env, "PREFECT_HOME": str(tmp / f"worker-{n}-home")})
+        s.wait_for("two workers", lambda: len(s.post(
+            "/work_pools/flashgen-process/workers/filter", {})) >= 2, timeout=60)
+        yield s
+    finally:
+        for proc in reversed(s.procs):  # workers first, the server last
+            proc.stop()
+        for pid in _ours(s.marker):
+            _signal_group(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["dropdb", *PG, "--if-exists", "--force", database],
+                       check=False, capture_output=True, timeout=60)
+
+
+def s3_client(stack: Stack) -> Any:
+    return boto3.client("s3", endpoint_url=stack.s3_url, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing",
+                        config=Config(s3={"addressing_style": "path"}))
+
+
+def manifest(stack: Stack, batch_id: str) -> list[dict[str, Any]]:
+    body = s3_client(stack).get_object(Bucket=BUCKET, Key=f"{PREFIX}/manifests/{batch_id}.jsonl")
+    return [json.loads(line) for line in body["Body"].read().decode().splitlines() if line]
+
+
+def assert_stored(stack: Stack, rows: list[dict[str, Any]], prompts: list[str]) -> None:
+    """Every prompt has a stored row whose image and metadata are in S3."""
+    s3 = s3_client(stack)
+    by_prompt = {row["prompt"]: row for row in rows}
+    for prompt in prompts:
+        row = by_prompt[prompt]
+        assert row["state"] in ("stored", "skipped"), row
+        for uri in [*row["image_uris"], row["metadata_uri"]]:
+            assert uri and uri.startswith(f"s3://{BUCKET}/{PREFIX}/"), row
+            head = s3.head_object(Bucket=BUCKET, Key=uri.split("/", 3)[3])
+            assert head["ContentLength"] > 0
+        record = json.loads(s3.get_object(Bucket=BUCKET, Key=row["metadata_uri"].split(
+            "/", 3)[3])["Body"].read())
+        assert record["inputs"]["prompt"] == prompt and record["sha256"]
+
+
+# --- the checks, in order -------------------------------------------------------------------
+
+
+def test_on_demand_run_completes_with_images_and_metadata_in_s3(stack):
+    run_id = stack.run_deployment("generate-images/on-demand", "-p", "batch_id=it-on-demand")
+    run = stack.finished(run_id)
+    assert run["state_type"] == "COMPLETED", (run["state"], stack.logs())
+    prompts = [row["prompt"] for row in _csv_rows(REPO / "deployments/prompts/on-demand.csv")]
+    rows = manifest(stack, "it-on-demand")
+    assert {row["state"] for row in rows} == {"stored"} and len(rows) == len(prompts)
+    assert_stored(stack, rows, prompts)
+    record_key = rows[0]["metadata_uri"].split("/", 3)[3]
+    record = json.loads(s3_client(stack).get_object(Bucket=BUCKET, Key=record_key)["Body"].read())
+    assert record["deployment"] == "on-demand" and record["flow_run_id"] == run_id
+
+
+def test_a_file_in_the_inbox_triggers_one_run_and_nothing_new_starts_nothing(stack):
+    prompts = ["A paper boat on a rain puddle, macro photo", "Snowy pine forest at blue hour"]
+    body = "prompt,seed\n" + "".join(f'"{p}",{n}\n' for n, p in enumerate(prompts, 7))
+    key = f"{PREFIX}/inbox/team-a/spring campaign.csv"
+    s3_client(stack).put_object(Bucket=BUCKET, Key=key, Body=body.encode())
+
+    sensor = stack.finished(stack.run_deployment("watch-inbox/inbox-sensor"))
+    assert sensor["state_type"] == "COMPLETED", (sensor["state"], stack.logs())
+    triggered = stack.wait_for("the inbox deployment's triggered run",
+                               lambda: stack.runs_of("generate-images/inbox"), timeout=60)
+    assert len(triggered) == 1
+    run = stack.finished(triggered[0]["id"])
+    assert run["state_type"] == "COMPLETED", (run["state"], stack.logs())
+    assert run["parameters"]["source"] == f"s3://{BUCKET}/{key}"
+    rows = manifest(stack, run["parameters"]["batch_id"])
+    assert sorted(row["prompt"] for row in rows) == sorted(prompts)
+    assert_stored(stack, rows, prompts)
+
+    # Nothing new: the next pass announces nothing, so nothing can start.
+    again = stack.finished(stack.run_deployment("watch-inbox/inbox-sensor"))
+    assert again["state_type"] == "COMPLETED"
+    uploaded = stack.post("/events/filter", {"filter": {
+        "event": {"name": ["flashgen.prompts.uploaded"]},
+        "occurred": {"since": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}}})
+    assert [e["payload"]["uri"] for e in uploaded["events"]] == [f"s3://{BUCKET}/{key}"]
+    time.sleep(5)  # a trigger fires within a second or two of its event
+    assert len(stack.runs_of("generate-images/inbox")) == 1
+    assert len(stack.runs_of("watch-inbox/inbox-sensor")) == 2  # its schedule is paused
+
+
+def test_a_failed_run_is_announced_at_the_webhook_without_the_token(stack):
+    bad = stack.tokens["bad"]
+    run_id = stack.run_deployment(
+        "generate-images/on-demand", "-p", "source=null",
+        "-p", 'prompts=["A lighthouse keeper\'s cat, oil painting"]',
+        "--job-variable", "env=" + json.dumps({"RUNCOMFY_API_TOKEN": bad}))
+    run = stack.finished(run_id)
+    assert run["state_type"] == "FAILED", (run["state"], stack.logs())
+
+    def both_alerts() -> list[dict[str, Any]]:
+        got = [n for n in stack.notifications() if run_id in n["body"] or
+               run["name"] in n["body"]]
+        subjects = " ".join(json.loads(n["body"])["subject"] for n in got)
+        return got if "is Failed" in subjects and "batch" in subjects else []
+
+    alerts = stack.wait_for("the run-failed and batch-failed alerts", both_alerts, timeout=90)
+    texts = [json.loads(n["body"]) for n in alerts]
+    run_alert = next(t for t in texts if "is Failed" in t["subject"])
+    assert "Deployment: on-demand" in run_alert["body"]
+    assert f"/runs/flow-run/{run_id}" in run_alert["body"]
+    batch_alert = next(t for t in texts if t["subject"].startswith("flashgen: batch"))
+    assert "1 failed" in batch_alert["body"] and "First errors:\n- line" in batch_alert["body"]
+    everything = stack.hook_file.read_text()
+    assert bad not in everything and stack.tokens["good"] not in everything
+
+
+def test_two_runs_at_once_stay_within_the_api_limit_and_submit_nothing_twice(stack):
+    before = stack.emulator_stats()
+    prompts = [f"Botanical plate no. {n}, engraving style" for n in range(1, 10)]
+    first, second = prompts[:6], prompts[3:]  # three prompts in both runs
+    ids = [stack.run_deployment("generate-images/on-demand", "-p", "source=null",
+                                "-p", f"prompts={json.dumps(batch)}",
+                                "-p", f"batch_id=it-pair-{n}")
+           for n, batch in enumerate((first, second))]
+    runs = [stack.finished(run_id) for run_id in ids]
+    assert [r["state_type"] for r in runs] == ["COMPLETED"] * 2, stack.logs()
+    # Each worker takes one run at a time (--limit 1), so overlapping runs ran on both.
+    assert runs[0]["start_time"] < runs[1]["end_time"] and runs[1]["start_time"] < runs[0][
+        "end_time"], "the two runs did not overlap"
+
+    after = stack.emulator_stats()
+    assert after["duplicate_submissions"] == 0
+    assert after["submissions"] - before["submissions"] == len(prompts)
+    assert after["max_in_flight"] <= API_SLOTS, after
+    limit = stack.get("/v2/concurrency_limits/runcomfy-api")
+    assert limit["limit"] == API_SLOTS and limit["active_slots"] == 0
+    rows = manifest(stack, "it-pair-0") + manifest(stack, "it-pair-1")
+    assert sorted(r["prompt"] for r in rows if r["state"] == "stored") == sorted(prompts)
+    print(f"\nemulator: max_in_flight={after['max_in_flight']} (limit {API_SLOTS}), "
+          f"submissions={after['submissions']}, duplicates={after['duplicate_submissions']}")
+
+
+def test_the_scheduled_deployment_runs_at_its_cron_times_in_its_timezone(stack):
+    spec = next(d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+                if d["name"] == "scheduled-content")["schedules"][0]
+    assert spec["cron"] == "0 6 * * *"
+    scheduled = [r for r in stack.runs_of("generate-images/scheduled-content")
+                 if r["state_type"] == "SCHEDULED"]
+    assert len(scheduled) >= 3
+    zone = ZoneInfo(spec["timezone"])
+    created = datetime.fromisoformat(stack.deployment("generate-images/scheduled-content")[
+        "created"])
+    times = [datetime.fromisoformat(r["expected_start_time"]) for r in scheduled[:3]]
+    assert times == _daily(6, zone, after=created)[:3]
+
+
+def _daily(hour: int, zone: ZoneInfo, after: datetime) -> list[datetime]:
+    """The next days' ``hour``:00 local time in ``zone`` (what ``0 hour * * *`` means)."""
+    day = after.astimezone(zone).date()
+    out = []
+    while len(out) < 5:
+        at = datetime(day.year, day.month, day.day, hour, tzinfo=zone)
+        if at > after:
+            out.append(at)
+        day += timedelta(days=1)
+    return out
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
