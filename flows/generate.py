@@ -25,7 +25,7 @@ from prefect.concurrency.asyncio import rate_limit
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
-from prefect.states import Failed
+from prefect.states import Failed, State
 
 from flashgen.client import RunComfyClient
 from flashgen.errors import InputError, is_transient
@@ -81,10 +81,7 @@ async def generate_images(
         bucket=bucket, prefix=prefix, concurrency=concurrency, force=force,
         batch_id=batch_id, strict=strict, max_failure_ratio=max_failure_ratio,
         resubmit_ambiguous=resubmit_ambiguous, run_date=run_date)
-    if not summary.ok:
-        return Failed(message=summary.describe() + "; " + "; ".join(summary.failures),
-                      data=summary)
-    return summary
+    return _final(summary)
 
 
 @flow(name="generate-image", log_prints=True)
@@ -108,10 +105,18 @@ async def generate_image(
     summary = await run_batch(rows=[Row(line=1, fields=fields)], model_id=model_id,
                               bucket=bucket, prefix=prefix, concurrency=1, force=force,
                               strict=True)
-    if not summary.ok:
-        return Failed(message=summary.describe() + "; " + "; ".join(summary.failures),
-                      data=summary)
-    return summary
+    return _final(summary)
+
+
+def _final(summary: BatchSummary) -> BatchSummary | State:
+    """The flow's end: Failed (naming the first failures) when too many items failed.
+
+    Every success is stored and the manifest written before this; the summary travels in
+    the Failed state so callers still get the counts.
+    """
+    if summary.ok:
+        return summary
+    return Failed(message=summary.describe() + "; " + "; ".join(summary.failures), data=summary)
 
 
 def _rows(source, prompts, bucket, prefix) -> list[Row]:
