@@ -15,6 +15,7 @@ import contextlib
 import tempfile
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -33,7 +34,7 @@ from flashgen.models import DEFAULT_MODEL
 from flashgen.records import ItemState, LedgerState, ManifestRow, Timings
 from flashgen.settings import Settings, get_settings
 from flashgen.sources import BatchPlan, Item, Row, plan_batch, read_rows, rows_from_prompts
-from flashgen.storage import Store
+from flashgen.storage import Store, parse_s3_uri
 from flows.progress import BatchProgress
 from flows.summary import BatchSummary, emit_batch_event, publish_table
 from tasks import generation as steps
@@ -77,7 +78,7 @@ async def generate_images(
         run_date: fills ``{date}`` in prompts; default the run's scheduled date (UTC).
     """
     summary = await run_batch(
-        rows=_rows(source, prompts, bucket, prefix), defaults=defaults, model_id=model_id,
+        rows=_rows(source, prompts), defaults=defaults, model_id=model_id,
         bucket=bucket, prefix=prefix, concurrency=concurrency, force=force,
         batch_id=batch_id, strict=strict, max_failure_ratio=max_failure_ratio,
         resubmit_ambiguous=resubmit_ambiguous, run_date=run_date)
@@ -119,8 +120,8 @@ def _final(summary: BatchSummary) -> BatchSummary | State:
     return Failed(message=summary.describe() + "; " + "; ".join(summary.failures), data=summary)
 
 
-def _rows(source, prompts, bucket, prefix) -> list[Row]:
-    rows = read_rows(source, read_s3=_s3_reader(bucket, prefix)) if source else []
+def _rows(source: str | None, prompts: list[str] | None) -> list[Row]:
+    rows = read_rows(source, read_s3=_read_s3) if source else []
     if prompts:
         offset = max((r.line for r in rows), default=0)
         rows += [r.model_copy(update={"line": r.line + offset}) for r in rows_from_prompts(prompts)]
@@ -130,10 +131,9 @@ def _rows(source, prompts, bucket, prefix) -> list[Row]:
     return rows
 
 
-def _s3_reader(bucket, prefix):
-    def read(uri: str) -> str:
-        return Store.from_settings(bucket=bucket or "-", prefix=prefix).read_text(uri)
-    return read
+def _read_s3(uri: str) -> str:
+    """A prompt file in S3, read with the same endpoint and credentials as the output."""
+    return Store.from_settings(bucket=parse_s3_uri(uri)[0]).read_text(uri)
 
 
 async def run_batch(
@@ -167,6 +167,9 @@ async def run_batch(
         raise InputError(f"strict: {len(plan.invalid)} invalid row(s), nothing sent: {reasons}")
 
     store = Store.from_settings(settings, bucket=bucket, prefix=prefix)
+    if not store.bucket:
+        raise InputError("bucket: no bucket given; pass --bucket or set FLASHGEN_BUCKET",
+                         field="bucket")
     flow_run_id = runtime_flow_run.get_id()
     deployment = runtime_deployment.name
     wanted = concurrency or settings.api_concurrency
@@ -177,7 +180,7 @@ async def run_batch(
         async with RunComfyClient(token=await resolve_token(settings),
                                   base_url=settings.base_url) as client:
             rt = Runtime(client=client, store=store, settings=settings, batch_id=batch_id,
-                         spool=spool, flow_run_id=flow_run_id, deployment=deployment,
+                         spool=Path(spool), flow_run_id=flow_run_id, deployment=deployment,
                          deadline=settings.job_deadline, force=force,
                          resubmit_ambiguous=resubmit_ambiguous)
             item_rows = await _run_items(rt, plan.items, wanted)

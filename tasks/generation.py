@@ -33,6 +33,7 @@ from flashgen.errors import (
 )
 from flashgen.models import CancelOutcome, JobState
 from flashgen.records import ImageRecord, LedgerEntry, LedgerState, Timings
+from flashgen.settings import get_settings
 from flashgen.sources import Item
 from tasks.policy import task_options
 from tasks.runtime import Runtime
@@ -97,7 +98,7 @@ async def _write(rt: Runtime, entry: LedgerEntry, *, attempts: int = 5) -> None:
             await timing.sleep(0.5 * 2**attempt)
 
 
-@task(name="claim", task_run_name="claim-line-{item.line}", **task_options())
+@task(name="claim", task_run_name="claim-line-{item.line}", **task_options(timeout_seconds=600))
 async def claim(rt: Runtime, item: Item) -> Claim:
     """Decide from the ledger what to do with ``item``, taking the claim if it is ours to send."""
     log = get_run_logger()
@@ -145,7 +146,10 @@ async def claim(rt: Runtime, item: Item) -> Claim:
             return Claim(action=Action.SUBMIT, attempts=entry.attempts)
 
 
-@task(name="submit", task_run_name="submit-line-{item.line}", **task_options())
+# A submit cut off by its timeout stays claimed without a request_id: it turns ambiguous,
+# never resent, exactly like a crash in the same place.
+@task(name="submit", task_run_name="submit-line-{item.line}",
+      **task_options(timeout_seconds=get_settings().claim_ttl))
 async def submit(rt: Runtime, item: Item, attempts: int) -> str:
     """Send the job and record its request_id before anything else happens.
 
@@ -193,7 +197,9 @@ async def release_claim(rt: Runtime, item: Item, reason: str) -> None:
         await asyncio.to_thread(rt.store.replace_ledger, entry, etag)
 
 
-@task(name="wait-until-complete", task_run_name="wait-line-{item.line}", **task_options())
+# A backstop only: the wait itself stops at the job deadline and cancels what is queued.
+@task(name="wait-until-complete", task_run_name="wait-line-{item.line}",
+      **task_options(timeout_seconds=get_settings().job_deadline + 300))
 async def wait(rt: Runtime, item: Item, request_id: str) -> Waited:
     """Poll until the job is terminal. At the deadline a queued job is cancelled at the API."""
     polls = 0
@@ -226,7 +232,7 @@ async def _fail(rt: Runtime, item: Item, request_id: str, reason: str) -> None:
     await _write(rt, _entry(rt, item, LedgerState.FAILED, request_id=request_id, error=reason))
 
 
-@task(name="fetch", task_run_name="fetch-{request_id}", **task_options())
+@task(name="fetch", task_run_name="fetch-{request_id}", **task_options(timeout_seconds=900))
 async def fetch(rt: Runtime, request_id: str) -> list[Fetched]:
     """Download every output (no token sent) into the run's spool folder."""
     downloads = await rt.client.fetch_outputs(request_id)
@@ -245,7 +251,7 @@ async def fetch(rt: Runtime, request_id: str) -> list[Fetched]:
     return fetched
 
 
-@task(name="store", task_run_name="store-line-{item.line}", **task_options())
+@task(name="store", task_run_name="store-line-{item.line}", **task_options(timeout_seconds=900))
 async def store(rt: Runtime, item: Item, request_id: str, files: list[Fetched],
                 timings: Timings, polls: int, attempts: int) -> Stored:
     """Put each file and its metadata record in S3, then mark the ledger stored."""

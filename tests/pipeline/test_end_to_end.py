@@ -67,7 +67,7 @@ def stack(prefect_api, s3_server, request):
         env = {**os.environ, **prefect_api, **s3_server.env, "RUNCOMFY_BASE_URL": api.url,
                "RUNCOMFY_API_TOKEN": TOKEN, "FLASHGEN_BUCKET": BUCKET, "FLASHGEN_PREFIX": prefix,
                "FLASHGEN_POLL_INITIAL": "0.1", "FLASHGEN_POLL_MAXIMUM": "0.5",
-               "FLASHGEN_CLAIM_TTL": "3", "PREFECT_LOGGING_LEVEL": "WARNING"}
+               "FLASHGEN_CLAIM_TTL": "10", "PREFECT_LOGGING_LEVEL": "WARNING"}
         s3 = boto3.client("s3", endpoint_url=s3_server.url, **_creds())
         yield api, env, s3, prefix
 
