@@ -48,3 +48,28 @@ def test_status_of_a_malformed_id_fails_clearly_without_the_token(monkeypatch):
     result = runner.invoke(app, ["status", "bad id with spaces"])
     assert result.exit_code == 1
     assert "unused" not in result.output
+
+
+def test_status_result_and_cancel_speak_to_the_api(monkeypatch):
+    import httpx
+
+    from flashgen.emulator import EmulatorConfig, EmulatorServer
+
+    config = EmulatorConfig(workers=1, job_time=30, tokens=["cli-token"])
+    with EmulatorServer(config) as api:
+        monkeypatch.setenv("RUNCOMFY_API_TOKEN", "cli-token")
+        monkeypatch.setenv("RUNCOMFY_BASE_URL", api.url)
+        from flashgen.settings import get_settings
+
+        get_settings.cache_clear()
+        ids = [httpx.post(f"{api.url}/v1/models/wan-ai/wan-2-2/flash/text-to-image",
+                          json={"prompt": f"cli {n}"},
+                          headers={"Authorization": "Bearer cli-token"}).json()["request_id"]
+               for n in range(2)]  # one running, one queued behind it
+        status = json.loads(runner.invoke(app, ["status", ids[1]]).stdout)
+        assert status["status"] == "in_queue" and status["queue_position"] == 1
+        result = json.loads(runner.invoke(app, ["result", ids[0]]).stdout)
+        assert result["status"] == "in_progress"
+        assert runner.invoke(app, ["cancel", ids[0]]).stdout.strip() == "not_cancellable"
+        assert runner.invoke(app, ["cancel", ids[1]]).stdout.strip() == "cancelled"
+    get_settings.cache_clear()

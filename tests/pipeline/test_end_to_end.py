@@ -193,3 +193,18 @@ def test_forty_items_keep_exactly_four_slots_busy(stack, tmp_path):
     # Reported, not asserted (bench/ measures it properly): includes process start-up.
     print(f"\n40 items at 4: {elapsed:.1f}s wall incl. start-up; ideal "
           f"{math.ceil(40 / 4) * 1.0:.1f}s")
+
+
+def test_cli_generate_one_image_with_its_options(stack):
+    api, env, s3, prefix = stack
+    done = subprocess.run([*FLASHGEN, "generate", "a heron in reeds", "--aspect-ratio", "9:16",
+                           "--seed", "7", "--no-magic-prompt", "--negative-prompt", "text"],
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [key] = _keys(s3, f"{prefix}/metadata/")
+    record = ImageRecord.model_validate_json(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    assert record.inputs == {"prompt": "a heron in reeds", "negative_prompt": "text",
+                             "aspect_ratio": "810:1440 (9:16)", "duration": 5,
+                             "prompt_extend": False, "seed": 7}
+    assert (record.width, record.height) == (810, 1440)
+    assert record.image_uri.removeprefix(f"s3://{BUCKET}/") in done.stdout.replace("\n", "")
