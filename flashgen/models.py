@@ -17,7 +17,7 @@ import re
 import warnings
 from enum import StrEnum
 from math import gcd
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -31,23 +31,6 @@ DEFAULT_PROMPT = (
 PROMPT_GUIDANCE_CHARS = 800
 
 # The 15 strings the API accepts, in the schema's order.
-ASPECT_RATIOS: tuple[str, ...] = (
-    "1440:720 (2:1)",
-    "1440:810 (16:9)",
-    "1440:864 (5:3)",
-    "1440:960 (3:2)",
-    "1440:1024 (7:5)",
-    "1360:1020 (4:3)",
-    "1280:1024 (5:4)",
-    "1024:1024 (1:1)",
-    "1024:1280 (4:5)",
-    "1024:1365 (3:4)",
-    "1024:1434 (5:7)",
-    "960:1440 (2:3)",
-    "864:1440 (3:5)",
-    "810:1440 (9:16)",
-    "720:1440 (1:2)",
-)
 AspectRatio = Literal[
     "1440:720 (2:1)",
     "1440:810 (16:9)",
@@ -65,6 +48,7 @@ AspectRatio = Literal[
     "810:1440 (9:16)",
     "720:1440 (1:2)",
 ]
+ASPECT_RATIOS: tuple[str, ...] = get_args(AspectRatio)
 
 _FULL = re.compile(r"^(\d+):(\d+) \((\d+):(\d+)\)$")
 _PAIR = re.compile(r"^\s*(\d+)\s*[:x×/]\s*(\d+)\s*$", re.IGNORECASE)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import socket
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -23,6 +22,7 @@ from flashgen.records import (
     Timings,
 )
 from flashgen.settings import Settings
+from infra.stack import free_port
 from flashgen.storage import Layout, Store, extension_for, parse_s3_uri
 
 WHEN = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -403,9 +403,7 @@ def test_s3_errors_name_the_call_and_object_but_never_the_credentials(s3):
 
 
 def test_an_unreachable_endpoint_is_a_transient_storage_error(aws_env):
-    with socket.socket() as sock:  # a loopback port that nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a loopback port that nothing listens on
     client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
                           config=Config(retries={"max_attempts": 1}, connect_timeout=2))
     with pytest.raises(StorageError) as caught:
