@@ -195,3 +195,31 @@ async def test_unsent_submit_releases_its_claim_for_a_later_run(pipeline, emulat
     emulator.set_faults([])
     state, summary = await _run(prompts=PROMPTS[:1])
     assert state.is_completed() and emulator.stats()["submissions"] == 1
+
+
+async def test_a_rejected_token_fails_clearly_and_is_never_logged(pipeline, emulator,
+                                                                   monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from flashgen.settings import get_settings
+
+    wrong = "wrong-token-do-not-leak-4242"
+    monkeypatch.setenv("RUNCOMFY_API_TOKEN", wrong)
+    get_settings.cache_clear()
+    state, summary = await _run(prompts=PROMPTS[:2])
+    assert state.is_failed() and summary.failed == 2
+    assert "AuthenticationError" in summary.rows[0].reason and wrong not in state.message
+    entry, _ = pipeline.read_ledger(summary.rows[0].key)
+    assert entry.state == LedgerState.FAILED and entry.request_id is None  # nothing was paid
+    from prefect.logging.handlers import APILogHandler
+
+    await APILogHandler.aflush()  # logs reach the server in batches
+    async with get_client() as client:
+        logs = await client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    assert logs and not any(wrong in log.message for log in logs)
+    assert any("AuthenticationError" in log.message or "rejected" in log.message
+               for log in logs)
+    manifest = "".join(pipeline.read_text(k) for k in _objects(pipeline, "manifests/"))
+    assert wrong not in manifest and TOKEN not in manifest
