@@ -27,6 +27,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Failed, State
+from prefect.utilities.urls import url_for
 
 from flashgen.client import RunComfyClient
 from flashgen.errors import InputError, is_transient
@@ -189,7 +190,7 @@ async def run_batch(
     manifest_uri = await asyncio.to_thread(store.put_manifest, batch_id, rows_out)
     summary = BatchSummary.from_rows(
         batch_id, rows_out, manifest_uri=manifest_uri, flow_run_id=flow_run_id,
-        flow_run_url=runtime_flow_run.get_flow_run_ui_url(), deployment=deployment,
+        flow_run_url=url_for("flow-run", obj_id=flow_run_id), deployment=deployment,
         max_failure_ratio=max_failure_ratio)
     log.info("%s; manifest %s", summary.describe(), manifest_uri)
     await publish_table(summary, rows_out)

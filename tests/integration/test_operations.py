@@ -363,6 +363,7 @@ def test_a_failed_run_is_announced_at_the_webhook_without_the_token(stack):
     assert f"/runs/flow-run/{run_id}" in run_alert["body"]
     batch_alert = next(t for t in texts if t["subject"].startswith("flashgen: batch"))
     assert "1 failed" in batch_alert["body"] and "First errors:\n- line" in batch_alert["body"]
+    assert f"/runs/flow-run/{run_id}" in batch_alert["body"]
     everything = stack.hook_file.read_text()
     assert bad not in everything and stack.tokens["good"] not in everything
 
