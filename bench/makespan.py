@@ -60,7 +60,7 @@ def main() -> None:
     from flashgen.emulator import EmulatorConfig, EmulatorServer
     from flashgen.settings import get_settings
     from flows.generate import generate_images
-    from infra.demo import _ensure_limit
+    from infra.demo import ensure_api_limit
 
     n, c, job = args.items, args.concurrency, args.job_time
     ideal = math.ceil(n / c) * job
@@ -69,7 +69,7 @@ def main() -> None:
         os.environ["RUNCOMFY_BASE_URL"] = api.url
         get_settings.cache_clear()
         boto3.client("s3").create_bucket(Bucket="bench")
-        asyncio.run(_ensure_limit(get_settings().concurrency_limit, c))
+        asyncio.run(ensure_api_limit(get_settings().concurrency_limit, c))
         baseline = asyncio.run(_baseline(api.url, n, c, "baseline"))
         api.reset()
         began = time.perf_counter()

@@ -21,6 +21,7 @@ from uuid import uuid4
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 from prefect.concurrency.asyncio import concurrency as global_slots
 from prefect.concurrency.asyncio import rate_limit
 from prefect.exceptions import ObjectNotFound
@@ -206,9 +207,17 @@ async def _run_items(rt: Runtime, items: list[Item], wanted: int) -> list[Manife
                                      for i in items))
     pending = [i for i, found in zip(items, already, strict=True)
                if rt.force or found is None or found[0].state != LedgerState.STORED]
-    share, limited = await _global_share(rt.settings.concurrency_limit,
-                                         min(wanted, max(len(pending), 1)))
-    rate_limited = await _limit_exists(SUBMIT_RATE_LIMIT)
+    wanted = min(wanted, max(len(pending), 1))
+    api_limit, submit_limit = await _read_limits(rt.settings.concurrency_limit,
+                                                 SUBMIT_RATE_LIMIT)
+    limited = api_limit is not None and api_limit.active
+    # Never ask for more slots than the shared limit has, or the run would wait forever.
+    share = max(1, min(wanted, api_limit.limit)) if limited else wanted
+    if api_limit is None:
+        get_run_logger().warning(
+            "global concurrency limit %r does not exist: this run limits only itself (to %d); "
+            "`flashgen provision` creates it", rt.settings.concurrency_limit, wanted)
+    rate_limited = submit_limit is not None
     local = asyncio.Semaphore(share)
 
     async def one(item: Item) -> ManifestRow:
@@ -283,28 +292,16 @@ def _plan_rows(plan: BatchPlan) -> list[ManifestRow]:
     return rows
 
 
-async def _global_share(name: str, wanted: int) -> tuple[int, bool]:
-    """Slots to take from the shared limit: never more than the limit itself allows."""
+async def _read_limits(*names: str) -> list[GlobalConcurrencyLimitResponse | None]:
+    """The named global concurrency limits, None for those that do not exist (one client)."""
     async with get_client() as client:
-        try:
-            limit = await client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            get_run_logger().warning(
-                "global concurrency limit %r does not exist: this run limits only itself "
-                "(to %d); `flashgen provision` creates it", name, wanted)
-            return wanted, False
-    if not limit.active:
-        return wanted, False
-    return max(1, min(wanted, limit.limit)), True
+        async def read(name: str) -> GlobalConcurrencyLimitResponse | None:
+            try:
+                return await client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                return None
 
-
-async def _limit_exists(name: str) -> bool:
-    async with get_client() as client:
-        try:
-            await client.read_global_concurrency_limit_by_name(name)
-            return True
-        except ObjectNotFound:
-            return False
+        return [await read(name) for name in names]
 
 
 def _scheduled_date() -> str:

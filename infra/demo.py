@@ -52,7 +52,7 @@ def _main(out: Path, job_time: float, concurrency: int) -> int:
               f"prompts   {DEMO_PROMPTS}\n", flush=True)
         store = Store.from_settings()
         store.ensure_bucket()
-        asyncio.run(_ensure_limit(get_settings().concurrency_limit, concurrency))
+        asyncio.run(ensure_api_limit(get_settings().concurrency_limit, concurrency))
 
         from flows.console import print_summary, progress_bar
         from flows.generate import generate_images
@@ -73,7 +73,7 @@ def _main(out: Path, job_time: float, concurrency: int) -> int:
         return 0 if state.is_completed() else 1
 
 
-async def _ensure_limit(name: str, limit: int) -> None:
+async def ensure_api_limit(name: str, limit: int) -> None:
     """The shared API limit, exactly as `flashgen provision` creates it."""
     from prefect.client.orchestration import get_client
 
