@@ -1,46 +1,75 @@
-"""Prompt sources: rows in, validated generation items out.
+"""Prompt sources: rows in, validated generation items out, in bounded memory.
 
 A source is inline prompts, or a CSV, JSONL, JSON or YAML file (local or ``s3://``).
-Each row may set any input field. A row (or the defaults) with several ``seeds``,
-``variations: N`` or several ``aspect_ratios`` expands into one item per combination.
-Every row is validated before anything is sent; bad rows come back as ``InvalidRow``
-with their line number and reason, and the good rows go on.
+CSV and JSONL are streamed row by row; JSON and YAML are parsed whole, so they are
+capped at ``MAX_WHOLE_FILE_BYTES`` (use CSV or JSONL for bigger sets). YAML anchors and
+aliases are refused. Each row may set any input field. A row (or the defaults) with
+several ``seeds``, ``variations: N``, ``aspect_ratios`` or list-valued ``vars`` expands
+into one item per combination; ``{name}`` in a prompt is filled from ``vars``.
 
-    >>> plan = plan_batch(rows_from_prompts(["a fox", "an owl"]),
-    ...                   defaults={"aspect_ratios": ["16:9", "1:1"]})
-    >>> len(plan.items), plan.items[0].inputs["aspect_ratio"]
-    (4, '1440:810 (16:9)')
+Planning is two passes over a re-iterable source. ``plan_batch`` validates every row
+and keeps only counts, bad rows, duplicates and fingerprints; ``BatchPlan.iter_items``
+streams the unique valid items again, in order. Bad rows never stop the good ones.
+
+    >>> rows = rows_from_prompts(["a {animal} at dawn", "an owl at {time}"])
+    >>> plan = plan_batch(rows, defaults={"vars": {"animal": ["fox", "hare"]},
+    ...                                   "aspect_ratios": ["16:9", "1:1"]})
+    >>> plan.rows, plan.items, [(bad.line, bad.reason) for bad in plan.invalid]
+    (2, 4, [(2, 'prompt: {time} has no value; give it in vars')])
+    >>> [(i.inputs["prompt"], i.inputs["aspect_ratio"]) for i in plan.iter_items()][:3]
+    [('a fox at dawn', '1440:810 (16:9)'), ('a fox at dawn', '1024:1024 (1:1)'), \
+('a hare at dawn', '1440:810 (16:9)')]
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
 import itertools
 import json
+import os
 import re
+import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, PrivateAttr
 
 from flashgen.errors import InputError
 from flashgen.models import DEFAULT_MODEL, fingerprint, validate_inputs
 
 # Row keys that expand into several items; they never reach the API.
-EXPANDERS = ("seeds", "variations", "aspect_ratios")
+EXPANDERS = ("seeds", "variations", "aspect_ratios", "vars")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "yaml",
            ".yaml": "yaml", ".yml": "yaml"}
 
+EXCERPT_CHARS = 120  # the most of any input value that an error message quotes
+MAX_REASON_CHARS = 1000  # the most of any one reason a report carries
+MAX_LINE_BYTES = 1 << 20  # one line of a CSV or JSONL file
+MAX_WHOLE_FILE_BYTES = 10_000_000  # JSON and YAML are parsed whole
+MAX_ITEMS_PER_ROW = 10_000  # product of one row's sweeps
+MAX_WARNINGS = 100  # warnings kept word for word; the rest are counted
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, ending in "…" when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 class Row(BaseModel):
-    """One row of a source, before validation. ``line`` is 1-based in the source file."""
+    """One row of a source, before validation. ``line`` is 1-based in the source file.
+
+    ``error`` is set when the row could not even be read (say, a JSONL line that is not
+    JSON); such a row is reported as invalid.
+    """
 
     line: int
     fields: dict[str, Any]
+    error: str | None = None
 
 
 class Item(BaseModel):
@@ -53,16 +82,22 @@ class Item(BaseModel):
 
 
 class InvalidRow(BaseModel):
+    """A row that will not be sent. Holds only display-safe values, never raw input."""
+
     line: int
     reason: str
-    fields: dict[str, Any] | None = None
+    prompt: str | None = None  # an excerpt of the row's prompt, when that is text
 
 
-class BatchPlan(BaseModel):
-    items: list[Item]
-    invalid: list[InvalidRow]
-    duplicates: list[tuple[Item, int]] = []  # (item, line of the first item with its key)
-    warnings: list[str] = []
+class Duplicate(BaseModel):
+    """An item whose inputs (so whose key) an earlier item already has; it is not sent."""
+
+    line: int
+    key: str
+    first_line: int
+    prompt: str | None
+    seed: int | None
+    aspect_ratio: str | None
 
 
 # --- reading ------------------------------------------------------------------------
@@ -72,53 +107,176 @@ def rows_from_prompts(prompts: Iterable[str]) -> list[Row]:
     return [Row(line=n, fields={"prompt": p}) for n, p in enumerate(prompts, start=1)]
 
 
-def read_rows(source: str, read_s3: Callable[[str], str] | None = None) -> list[Row]:
-    """Rows of a prompt file, by its extension. ``read_s3`` reads an ``s3://`` URI."""
+class RowSource:
+    """A prompt file's rows, re-readable: each iteration re-opens the file and streams.
+
+    An ``s3://`` source is downloaded once to a local spool file, removed on ``close()``
+    (or when the source is garbage-collected). A local file that changes between two
+    iterations is an ``InputError``: the second pass must see what the first planned.
+    """
+
+    def __init__(self, source: str, kind: str, path: Path, spooled: bool = False) -> None:
+        self.source, self.kind, self.path = source, kind, path
+        self._stamp = _stamp(source, path)
+        self._cleanup = weakref.finalize(self, _unlink, path) if spooled else None
+        if kind == "yaml" and self._stamp[0] > MAX_WHOLE_FILE_BYTES:
+            self.close()
+            raise InputError(
+                f"source: {excerpt(source)} is {self._stamp[0]:,} bytes; JSON and YAML files "
+                f"are read whole, so at most {MAX_WHOLE_FILE_BYTES:,}: use CSV or JSONL for "
+                "bigger sets", field="source")
+
+    def __iter__(self) -> Iterator[Row]:
+        if _stamp(self.source, self.path) != self._stamp:
+            raise InputError(f"source: {excerpt(self.source)} changed while being read",
+                             field="source")
+        return {"csv": _csv_rows, "jsonl": _jsonl_rows, "yaml": _yaml_rows}[self.kind](self.path)
+
+    def close(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def __enter__(self) -> RowSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_rows(source: str, fetch_s3: Callable[[str, Path], None] | None = None) -> RowSource:
+    """The rows of a prompt file, by its extension; a ``RowSource`` to iterate (twice).
+
+    ``fetch_s3(uri, path)`` downloads an ``s3://`` object to a local path. Whole-file
+    problems (unknown extension, unreadable, too big to parse whole) raise ``InputError``
+    here; those found while reading (not UTF-8, a YAML alias) raise it on iteration.
+    """
     suffix = Path(source.split("?")[0]).suffix.lower()
     kind = FORMATS.get(suffix)
     if kind is None:
         raise InputError(
-            f"source: {source!r} has an unknown extension; use one of {', '.join(FORMATS)}",
-            field="source",
-        )
-    if source.startswith("s3://"):
-        if read_s3 is None:
-            raise InputError("source: an s3:// source needs S3 access", field="source")
-        text = read_s3(source)
-    else:
+            f"source: {excerpt(source)!r} has an unknown extension; use one of "
+            f"{', '.join(FORMATS)}", field="source")
+    if not source.startswith("s3://"):
+        return RowSource(source, kind, Path(source))
+    if fetch_s3 is None:
+        raise InputError("source: an s3:// source needs S3 access", field="source")
+    fd, spool = tempfile.mkstemp(prefix="flashgen-source-", suffix=suffix)
+    os.close(fd)
+    try:
+        fetch_s3(source, Path(spool))
+        return RowSource(source, kind, Path(spool), spooled=True)
+    except BaseException:
+        _unlink(Path(spool))
+        raise
+
+
+def _stamp(source: str, path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+        with path.open("rb"):  # readable, not just present
+            pass
+    except OSError as exc:
+        raise InputError(f"source: cannot read {excerpt(source)!r}: {exc.strerror}",
+                         field="source") from None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _decode(raw: bytes, line: int, offset: int) -> str:
+    """``raw`` as UTF-8 text, or an InputError naming the line and byte offset."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"source: not UTF-8 text at line {line} (byte {offset + exc.start}); "
+                         "prompt files must be UTF-8 text", field="source") from None
+    if "\x00" in text:
+        raise InputError(f"source: NUL byte at line {line} (byte {offset + text.index(chr(0))}); "
+                         "prompt files must be UTF-8 text", field="source")
+    return text
+
+
+def _text_lines(path: Path) -> Iterator[str]:
+    """The file's lines as text (endings kept), one at a time, each at most MAX_LINE_BYTES."""
+    offset = 0
+    with path.open("rb") as stream:
+        for line in itertools.count(1):
+            raw = stream.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            if len(raw) > MAX_LINE_BYTES:
+                raise InputError(f"source: line {line} is longer than {MAX_LINE_BYTES:,} bytes; "
+                                 "is this a prompt file?", field="source")
+            start = len(codecs.BOM_UTF8) if line == 1 and raw.startswith(codecs.BOM_UTF8) else 0
+            yield _decode(raw[start:], line, offset + start)
+            offset += len(raw)
+
+
+def _csv_rows(path: Path) -> Iterator[Row]:
+    reader = csv.DictReader(_text_lines(path))
+    try:
+        for record in reader:
+            fields = {k.strip(): v.strip() for k, v in record.items()
+                      if isinstance(k, str) and k.strip() and isinstance(v, str) and v.strip()}
+            if fields:
+                yield _csv_row(reader.line_num, fields)
+    except csv.Error as exc:
+        raise InputError(f"source: not valid CSV at line {reader.line_num}: {exc}",
+                         field="source") from None
+
+
+def _csv_row(line: int, fields: dict[str, Any]) -> Row:
+    """A CSV row; a ``vars`` column holds a JSON object."""
+    if "vars" in fields:
         try:
-            text = Path(source).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"source: cannot read {source!r}: {exc.strerror}",
-                             field="source") from None
-    return {"csv": _csv_rows, "jsonl": _jsonl_rows, "yaml": _yaml_rows}[kind](text)
+            fields["vars"] = json.loads(fields["vars"])
+        except (ValueError, RecursionError):
+            return Row(line=line, fields={}, error="vars: must be a JSON object, e.g. "
+                       '{"animal": ["fox", "owl"]}')
+    return Row(line=line, fields=fields)
 
 
-def _csv_rows(text: str) -> list[Row]:
-    reader = csv.DictReader(io.StringIO(text))
-    rows = []
-    for record in reader:
-        fields = {k.strip(): v.strip() for k, v in record.items() if k and v and v.strip()}
-        if fields:
-            rows.append(Row(line=reader.line_num, fields=fields))
-    return rows
-
-
-def _jsonl_rows(text: str) -> list[Row]:
-    rows = []
-    for n, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip() or raw.lstrip().startswith("#"):
+def _jsonl_rows(path: Path) -> Iterator[Row]:
+    for n, text in enumerate(_text_lines(path), start=1):
+        if not text.strip() or text.lstrip().startswith("#"):
             continue
         try:
-            value = json.loads(raw)
+            value = json.loads(text)
         except json.JSONDecodeError as exc:
-            value = _Unparsable(f"not valid JSON ({exc.msg})")
-        rows.append(Row(line=n, fields=_as_fields(value)))
-    return rows
+            yield Row(line=n, fields={}, error=f"not valid JSON ({exc.msg})")
+            continue
+        except (ValueError, RecursionError) as exc:  # huge integers, deep nesting
+            yield Row(line=n, fields={}, error=f"not valid JSON ({excerpt(str(exc))})")
+            continue
+        yield _row(n, value)
+
+
+def _row(line: int, value: Any) -> Row:
+    if isinstance(value, str):
+        return Row(line=line, fields={"prompt": value})
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return Row(line=line, fields=value)
+    if isinstance(value, dict):
+        return Row(line=line, fields={}, error="field names must be text")
+    return Row(line=line, fields={},
+               error=f"a row must be a prompt string or an object, not {type(value).__name__}")
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """YAML without 1.1's base-60 numbers, which would read ``aspect_ratio: 9:16`` as 556."""
+    """YAML without anchors and aliases, and without 1.1's base-60 numbers.
+
+    Aliases are refused because they let a few hundred bytes stand for gigabytes
+    ("billion laughs"); base-60 would read ``aspect_ratio: 9:16`` as 556.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise InputError(f"source: YAML anchors and aliases (& and *) are not allowed "
+                             f"(line {event.start_mark.line + 1})", field="source")
+        return super().compose_node(parent, index)
 
 
 _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
@@ -133,41 +291,70 @@ _YamlLoader.add_implicit_resolver(
     list("-+.0123456789"))
 
 
-def _yaml_rows(text: str) -> list[Row]:
-    """A list of rows, or ``{defaults: {...}, prompts: [...]}`` (defaults merge into rows)."""
+def _yaml_text(path: Path) -> str:
+    """The whole file as text (the caller has capped its size)."""
+    with path.open("rb") as stream:
+        raw = stream.read(MAX_WHOLE_FILE_BYTES + 1)
     try:
-        node = yaml.compose(text, Loader=_YamlLoader)
-        data = yaml.load(text, Loader=_YamlLoader)
+        return _decode(raw.removeprefix(codecs.BOM_UTF8), 1, 0)
+    except InputError:
+        offset = 0
+        for line, text in enumerate(raw.splitlines(keepends=True), start=1):
+            _decode(text, line, offset)  # raises naming the line
+            offset += len(text)
+        raise
+
+
+def _yaml_rows(path: Path) -> Iterator[Row]:
+    """A list of rows, or ``{defaults: {...}, prompts: [...]}`` (defaults merge into rows)."""
+    loader = _YamlLoader(_yaml_text(path))
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
-        raise InputError(f"source: not valid YAML: {exc}", field="source") from None
+        raise InputError(f"source: not valid YAML: {excerpt(str(exc), MAX_REASON_CHARS)}",
+                         field="source") from None
+    finally:
+        loader.dispose()
     defaults: dict[str, Any] = {}
+    seq_node = node
     if isinstance(data, dict):
         defaults = data.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            raise InputError("source: YAML 'defaults' must be a mapping", field="source")
         seq_node = next((v for k, v in node.value if k.value in ("prompts", "rows")), None)
         data = data.get("prompts", data.get("rows"))
-    else:
-        seq_node = node
     if not isinstance(data, list) or seq_node is None:
         raise InputError("source: YAML must be a list of prompts or have a 'prompts' list",
                          field="source")
-    return [
-        Row(line=item_node.start_mark.line + 1, fields={**defaults, **_as_fields(value)})
-        for item_node, value in zip(seq_node.value, data, strict=True)
-    ]
+    for item_node, value in zip(seq_node.value, data, strict=True):
+        row = _row(item_node.start_mark.line + 1, value)
+        yield row.model_copy(update={"fields": merge(defaults, row.fields)}) if defaults else row
 
 
-class _Unparsable(str):
-    pass
+class ConcatRows:
+    """Several row sources one after another, re-iterable.
+
+    With ``renumber``, each source's line numbers continue after the largest line seen
+    so far, so that rows of inline prompts follow a file's rows.
+    """
+
+    def __init__(self, *sources: Iterable[Row], renumber: bool = True) -> None:
+        self.sources, self.renumber = sources, renumber
+
+    def __iter__(self) -> Iterator[Row]:
+        last = 0
+        for source in self.sources:
+            offset = last if self.renumber else 0
+            for row in source:
+                if offset:
+                    row = row.model_copy(update={"line": row.line + offset})
+                last = max(last, row.line)
+                yield row
 
 
-def _as_fields(value: Any) -> dict[str, Any]:
-    if isinstance(value, _Unparsable):
-        return {"__error__": str(value)}
-    if isinstance(value, str):
-        return {"prompt": value}
-    if isinstance(value, dict):
-        return value
-    return {"__error__": f"a row must be a prompt string or an object, not {type(value).__name__}"}
+def concat_rows(*sources: Iterable[Row], renumber: bool = True) -> ConcatRows:
+    return ConcatRows(*sources, renumber=renumber)
 
 
 # --- expanding and validating -------------------------------------------------------
@@ -181,56 +368,194 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
-def expand(fields: dict[str, Any]) -> list[dict[str, Any]]:
-    """One input dict per combination of ``seeds`` × ``aspect_ratios``.
-
-    ``variations: N`` means N seeds counting up from the row's ``seed`` (or the
-    model default), so re-running the same row gives the same N images.
-    """
-    fields = dict(fields)
+def _seeds(fields: dict[str, Any]) -> list[Any] | None:
+    """``seeds``, or ``variations: N`` seeds counting up from ``seed`` (or its default)."""
     seeds = _as_list(fields.pop("seeds")) if "seeds" in fields else None
     variations = fields.pop("variations", None)
-    ratios = _as_list(fields.pop("aspect_ratios")) if "aspect_ratios" in fields else None
-    if variations is not None:
-        try:
-            count = int(variations)
-        except (TypeError, ValueError):
-            raise InputError(f"variations: {variations!r} is not a whole number",
-                             field="variations") from None
-        if not 1 <= count <= 1000:
-            raise InputError(f"variations: {count} is outside 1..1000", field="variations")
+    if variations is None:
+        return seeds
+    try:
+        count = int(variations)
+    except (TypeError, ValueError):
+        raise InputError(f"variations: {excerpt(repr(variations))} is not a whole number",
+                         field="variations") from None
+    if not 1 <= count <= 1000:
+        raise InputError(f"variations: {count} is outside 1..1000", field="variations")
+    try:
         base = int((seeds or [fields.get("seed", 58583956)])[0])
-        seeds = [base + i for i in range(count)]
-    combos = itertools.product(seeds or [None], ratios or [None])
-    out = []
-    for seed, ratio in combos:
-        one = dict(fields)
-        if seed is not None:
-            one["seed"] = seed
-        if ratio is not None:
-            one["aspect_ratio"] = ratio
-        out.append(one)
+    except (TypeError, ValueError):
+        raise InputError("variations: needs a whole-number seed to count up from",
+                         field="variations") from None
+    return [base + i for i in range(count)]
+
+
+def _var_values(raw: Any) -> dict[str, list[str]]:
+    """``vars`` as name → list of values (a single value is a list of one)."""
+    if not isinstance(raw, dict):
+        raise InputError("vars: must be an object of name: value (or name: [values])",
+                         field="vars")
+    out: dict[str, list[str]] = {}
+    for name, value in raw.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, (str, int, float)) for v in values):
+            raise InputError(f"vars: {excerpt(str(name))!r} must be text or a number, or a "
+                             "non-empty list of those", field="vars")
+        out[str(name)] = [str(v) for v in values]
     return out
 
 
-def fill_template(fields: dict[str, Any], variables: dict[str, str]) -> dict[str, Any]:
-    """Replace ``{name}`` placeholders in the text fields (only the names given)."""
-    def fill(text: str) -> str:
-        for name, value in variables.items():
-            text = text.replace("{" + name + "}", value)
-        return text
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+TEMPLATED = ("prompt", "negative_prompt")
 
-    return {k: fill(v) if isinstance(v, str) else v for k, v in fields.items()}
+
+def fill_template(text: str, values: dict[str, str], field: str = "prompt") -> str:
+    """Fill ``{name}`` from ``values``; ``{{`` and ``}}`` are literal braces.
+
+    A placeholder without a value is an ``InputError``: it is never sent as written.
+    """
+    def fill(match: re.Match[str]) -> str:
+        name = match[1]
+        if name is None:
+            return match[0][0]
+        if name not in values:
+            raise InputError(f"{field}: {{{excerpt(name)}}} has no value; give it in vars",
+                             field=field)
+        return values[name]
+
+    return _PLACEHOLDER.sub(fill, text)
+
+
+def expand(fields: dict[str, Any], variables: dict[str, str] | None = None,
+           ) -> list[dict[str, Any]]:
+    """One input dict per combination of list ``vars`` × ``seeds`` × ``aspect_ratios``.
+
+    ``variations: N`` means N seeds counting up from the row's ``seed`` (or the model
+    default), so re-running the same row gives the same N images. ``{name}`` in the
+    prompt and negative prompt is filled from ``vars``, then from ``variables``.
+    """
+    fields = dict(fields)
+    swept = _var_values(fields.pop("vars", {}))
+    seeds = _seeds(fields)
+    ratios = _as_list(fields.pop("aspect_ratios")) if "aspect_ratios" in fields else None
+    count = len(seeds or [None]) * len(ratios or [None])
+    for values in swept.values():
+        count *= len(values)
+    if count > MAX_ITEMS_PER_ROW:
+        raise InputError(f"vars: this row expands into {count:,} items; at most "
+                         f"{MAX_ITEMS_PER_ROW:,} per row", field="vars")
+    out = []
+    for chosen in itertools.product(*swept.values()):
+        values = {**(variables or {}), **dict(zip(swept, chosen, strict=True))}
+        filled = {k: fill_template(v, values, k) if k in TEMPLATED and isinstance(v, str) else v
+                  for k, v in fields.items()}
+        for seed, ratio in itertools.product(seeds or [None], ratios or [None]):
+            one = dict(filled)
+            if seed is not None:
+                one["seed"] = seed
+            if ratio is not None:
+                one["aspect_ratio"] = ratio
+            out.append(one)
+    return out
 
 
 # A row's single value beats the defaults' list of the same field.
 _OVERRIDES = {"aspect_ratio": "aspect_ratios", "seed": "seeds"}
 
 
-def _merge(defaults: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+def merge(defaults: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` over ``defaults``; ``vars`` merge name by name (the row's win)."""
     merged = {k: v for k, v in defaults.items()
               if not any(own in fields and k == plural for own, plural in _OVERRIDES.items())}
-    return {**merged, **fields}
+    merged.update(fields)
+    if isinstance(defaults.get("vars"), dict) and isinstance(fields.get("vars"), dict):
+        merged["vars"] = {**defaults["vars"], **fields["vars"]}
+    return merged
+
+
+def _bounded(message: str, *sources: dict[str, Any]) -> str:
+    """``message`` with every long field name or value it quotes cut to an excerpt."""
+    for fields in sources:
+        for key, value in fields.items():
+            for text in (str(key), repr(value)):
+                if len(text) > EXCERPT_CHARS and text in message:
+                    message = message.replace(text, excerpt(text))
+    return excerpt(message, MAX_REASON_CHARS)
+
+
+def _display(value: Any, kind: type) -> Any:
+    if kind is int and isinstance(value, bool):
+        return None
+    if isinstance(value, str) and kind is str:
+        return excerpt(value)
+    return value if isinstance(value, kind) else None
+
+
+class _Planner:
+    """Turns one row into its validated inputs (or why not); pure, so both passes agree."""
+
+    def __init__(self, defaults: Any, model_id: str, variables: dict[str, str] | None) -> None:
+        if defaults is not None and not isinstance(defaults, dict):
+            raise InputError("defaults: must be an object of input fields, e.g. "
+                             '{"aspect_ratios": ["16:9", "1:1"]}', field="defaults")
+        if defaults and "vars" in defaults and not isinstance(defaults["vars"], dict):
+            raise InputError("defaults: vars must be an object of name: value",
+                             field="defaults")
+        self.defaults, self.model_id = defaults or {}, model_id
+        self.variables = variables or {}
+
+    def plan(self, row: Row, notes: list[str] | None = None,
+             ) -> list[tuple[dict[str, Any], str]] | InvalidRow:
+        """(inputs, key) per item of ``row``, or the row as invalid; warnings go to notes."""
+        fields = merge(self.defaults, row.fields)
+        if row.error is not None:
+            return self._invalid(row, row.error, fields)
+        one: dict[str, Any] = {}
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out = []
+                for one in expand(fields, self.variables):
+                    inputs = validate_inputs(self.model_id, one)
+                    out.append((inputs, fingerprint(self.model_id, inputs)))
+        except InputError as exc:
+            return self._invalid(row, _bounded(str(exc), fields, one), fields)
+        if notes is not None:
+            notes += [f"line {row.line}: {w.message}" for w in caught]
+        return out
+
+    @staticmethod
+    def _invalid(row: Row, reason: str, fields: dict[str, Any]) -> InvalidRow:
+        return InvalidRow(line=row.line, reason=excerpt(reason, MAX_REASON_CHARS),
+                          prompt=_display(fields.get("prompt"), str))
+
+
+class BatchPlan(BaseModel):
+    """What a batch will do: counts, bad rows and duplicates; ``iter_items`` streams it."""
+
+    rows: int  # rows read
+    items: int  # unique valid items after expansion
+    invalid: list[InvalidRow]
+    duplicates: list[Duplicate] = []
+    warnings: list[str] = []
+    # (rows, planner, first): the re-iterable rows, and for each key its first item's
+    # ordinal and line packed in one int (ordinal << 32 | line): a 612k-row file keeps
+    # 612k of them, so they are kept small.
+    _pass2: tuple[Iterable[Row], _Planner, dict[bytes, int]] | None = PrivateAttr(None)
+
+    def iter_items(self) -> Iterator[Item]:
+        """The unique valid items, in order, read again from the source."""
+        if self._pass2 is None:
+            raise RuntimeError("this plan has no source to read; build it with plan_batch")
+        rows, planner, first = self._pass2
+        ordinal = 0
+        for row in rows:
+            planned = planner.plan(row)
+            if isinstance(planned, InvalidRow):
+                continue
+            for inputs, key in planned:
+                ordinal += 1
+                if first.get(bytes.fromhex(key), 0) >> 32 == ordinal:
+                    yield Item(line=row.line, model_id=planner.model_id, inputs=inputs, key=key)
 
 
 def plan_batch(
@@ -240,32 +565,50 @@ def plan_batch(
     model_id: str = DEFAULT_MODEL,
     variables: dict[str, str] | None = None,
 ) -> BatchPlan:
-    """Validate every row and expand it into items; collect bad rows instead of raising."""
-    items: list[Item] = []
+    """Validate every row and expand it into items; collect bad rows instead of raising.
+
+    ``rows`` should be re-iterable (a ``RowSource``, a list, ``concat_rows(...)``):
+    ``iter_items`` reads it again. A one-shot iterator is copied into a list first.
+    Raises ``InputError`` only for the whole batch: bad ``defaults``, or a source that
+    cannot be read.
+    """
+    planner = _Planner(defaults, model_id, variables)
+    if iter(rows) is rows:
+        rows = list(rows)
+    first: dict[bytes, int] = {}
     invalid: list[InvalidRow] = []
-    duplicates: list[tuple[Item, int]] = []
+    duplicates: list[Duplicate] = []
     notes: list[str] = []
-    first_line: dict[str, int] = {}
+    count = ordinal = 0
     for row in rows:
-        if "__error__" in row.fields:
-            invalid.append(InvalidRow(line=row.line, reason=row.fields["__error__"]))
+        count += 1
+        planned = planner.plan(row, notes)
+        if isinstance(planned, InvalidRow):
+            invalid.append(planned)
             continue
-        fields = fill_template(_merge(defaults or {}, row.fields), variables or {})
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                expanded = [validate_inputs(model_id, one) for one in expand(fields)]
-        except InputError as exc:
-            invalid.append(InvalidRow(line=row.line, reason=str(exc), fields=row.fields))
-            continue
-        notes += [f"line {row.line}: {w.message}" for w in caught]
-        for inputs in expanded:
-            item = Item(line=row.line, model_id=model_id, inputs=inputs,
-                        key=fingerprint(model_id, inputs))
-            if item.key in first_line:
-                duplicates.append((item, first_line[item.key]))
-                continue
-            first_line[item.key] = row.line
-            items.append(item)
-    return BatchPlan(items=items, invalid=invalid, duplicates=duplicates,
-                     warnings=sorted(set(notes)))
+        for inputs, key in planned:
+            ordinal += 1
+            digest = bytes.fromhex(key)
+            if digest in first:
+                duplicates.append(_duplicate(row.line, inputs, key, first[digest] & 0xFFFFFFFF))
+            else:
+                first[digest] = ordinal << 32 | row.line
+        del notes[MAX_WARNINGS + 1:]
+    plan = BatchPlan(rows=count, items=len(first), invalid=invalid, duplicates=duplicates,
+                     warnings=_warnings(notes))
+    plan._pass2 = (rows, planner, first)
+    return plan
+
+
+def _duplicate(line: int, inputs: dict[str, Any], key: str, first_line: int) -> Duplicate:
+    return Duplicate(line=line, key=key, first_line=first_line,
+                     prompt=_display(inputs.get("prompt"), str),
+                     seed=_display(inputs.get("seed"), int),
+                     aspect_ratio=_display(inputs.get("aspect_ratio"), str))
+
+
+def _warnings(notes: list[str]) -> list[str]:
+    kept = list(dict.fromkeys(notes[:MAX_WARNINGS]))
+    if len(notes) > MAX_WARNINGS:
+        kept.append(f"(more warnings not shown; only the first {MAX_WARNINGS} are kept)")
+    return kept

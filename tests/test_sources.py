@@ -20,7 +20,7 @@ def test_csv_rows_keep_their_file_line_numbers(tmp_path):
                                    "a fox,16:9,1\n"
                                    "\"a multi\nline owl\",1:1,2\n"
                                    "a bear,7:3,3\n")
-    assert [(i.line, i.inputs["seed"]) for i in plan.items] == [(2, 1), (4, 2)]
+    assert [(i.line, i.inputs["seed"]) for i in plan.iter_items()] == [(2, 1), (4, 2)]
     assert [(b.line, "aspect_ratio" in b.reason) for b in plan.invalid] == [(5, True)]
 
 
@@ -31,7 +31,7 @@ def test_jsonl_reports_unparsable_and_invalid_lines(tmp_path):
                                      '"just a prompt string"\n'
                                      '{"prompt": "x", "colour": "red"}\n'
                                      '[1, 2]\n')
-    assert [i.line for i in plan.items] == [1, 4]
+    assert [i.line for i in plan.iter_items()] == [1, 4]
     reasons = {b.line: b.reason for b in plan.invalid}
     assert set(reasons) == {3, 5, 6}
     assert "not valid JSON" in reasons[3]
@@ -49,10 +49,11 @@ def test_yaml_with_defaults_and_line_numbers(tmp_path):
                                     "  - prompt: a bear\n"
                                     "    duration: 10\n",
                  variables={"date": "2026-11-26"})
-    assert [i.inputs["prompt"] for i in plan.items] == ["a fox at 2026-11-26", "an owl"]
-    assert plan.items[0].inputs["aspect_ratio"] == "810:1440 (9:16)"
-    assert plan.items[1].inputs["aspect_ratio"] == "1024:1024 (1:1)"
-    assert all(i.inputs["negative_prompt"] == "blurry" for i in plan.items)
+    items = list(plan.iter_items())
+    assert [i.inputs["prompt"] for i in items] == ["a fox at 2026-11-26", "an owl"]
+    assert items[0].inputs["aspect_ratio"] == "810:1440 (9:16)"
+    assert items[1].inputs["aspect_ratio"] == "1024:1024 (1:1)"
+    assert all(i.inputs["negative_prompt"] == "blurry" for i in items)
     assert [(b.line, "duration" in b.reason) for b in plan.invalid] == [(8, True)]
 
 
@@ -79,27 +80,29 @@ def test_bad_variations_name_the_field(variations):
 
 def test_a_rows_own_value_beats_the_defaults_list():
     plan = plan_batch(rows_from_prompts(["a", "b"]) , defaults={"aspect_ratios": ["16:9", "1:1"]})
-    assert len(plan.items) == 4
+    assert plan.items == 4
     rows = read_rows_inline([{"prompt": "c", "aspect_ratio": "9:16"}])
     plan = plan_batch(rows, defaults={"aspect_ratios": ["16:9", "1:1"]})
-    assert [i.inputs["aspect_ratio"] for i in plan.items] == ["810:1440 (9:16)"]
+    assert [i.inputs["aspect_ratio"] for i in plan.iter_items()] == ["810:1440 (9:16)"]
 
 
 def test_duplicates_are_sent_once_and_reported():
     plan = plan_batch(rows_from_prompts(["same", "other", "same"]))
-    assert [i.line for i in plan.items] == [1, 2]
-    assert [(item.line, first) for item, first in plan.duplicates] == [(3, 1)]
-    assert plan.items[0].key == fingerprint(DEFAULT_MODEL, plan.items[0].inputs)
+    items = list(plan.iter_items())
+    assert [i.line for i in items] == [1, 2]
+    assert [(d.line, d.first_line, d.key, d.prompt) for d in plan.duplicates] == [
+        (3, 1, items[0].key, "same")]
+    assert items[0].key == fingerprint(DEFAULT_MODEL, items[0].inputs)
 
 
 def test_long_prompts_warn_but_are_sent():
     plan = plan_batch(rows_from_prompts(["x" * 900]))
-    assert len(plan.items) == 1 and "900 characters" in plan.warnings[0]
+    assert plan.items == 1 and "900 characters" in plan.warnings[0]
 
 
 def test_other_models_take_free_form_inputs():
     plan = plan_batch(read_rows_inline([{"prompt": "p", "steps": 30}]), model_id="acme/other")
-    assert plan.items[0].inputs == {"prompt": "p", "steps": 30}
+    assert [i.inputs for i in plan.iter_items()] == [{"prompt": "p", "steps": 30}]
 
 
 def test_unknown_extension_and_missing_file_are_clear(tmp_path):
@@ -112,8 +115,17 @@ def test_unknown_extension_and_missing_file_are_clear(tmp_path):
 def test_s3_sources_are_read_through_the_store(store):
     store.s3.put_object(Bucket=store.bucket, Key="fg/inbox/today.csv",
                         Body=b"prompt,seed\na fox,1\nan owl,2\n")
-    rows = read_rows(f"s3://{store.bucket}/fg/inbox/today.csv", read_s3=store.read_text)
-    assert [r.fields["prompt"] for r in rows] == ["a fox", "an owl"]
+    uri = f"s3://{store.bucket}/fg/inbox/today.csv"
+
+    def fetch_s3(uri: str, path) -> None:
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        store.s3.download_file(bucket, key, str(path))
+
+    with read_rows(uri, fetch_s3=fetch_s3) as rows:
+        spool = rows.path
+        assert [r.fields["prompt"] for r in rows] == ["a fox", "an owl"]
+        assert [r.line for r in rows] == [2, 3]  # re-iterable, from the local spool
+    assert not spool.exists()
 
 
 def read_rows_inline(records):
