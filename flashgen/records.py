@@ -13,13 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class LedgerState(StrEnum):
-    """Life of one fingerprint in ``ledger/<key>.json``.
+    """Life of one fingerprint in ``ledger/<key>.json`` (the rules: ``flashgen.ledger``).
 
-    claimed → submitted → stored, or → failed / ambiguous. A claim is taken right before
-    the submit is sent, so a claim with no request_id means "maybe sent".
+    sending → submitted → stored, or → failed / ambiguous. ``sending`` is written right
+    before the POST, so it is the one state in which a paid job may exist unrecorded.
     """
 
-    CLAIMED = "claimed"  # about to submit; lease_until says how long the claim is honoured
+    SENDING = "sending"  # the POST is under way; lease_until covers one submit request
+    CLAIMED = "claimed"  # written by flashgen before 0.2; read as "sending"
     SUBMITTED = "submitted"  # request_id known: never submit again, only poll it
     STORED = "stored"  # image and record are in S3
     FAILED = "failed"  # the job failed or was cancelled: no paid output exists
@@ -34,8 +35,10 @@ class LedgerEntry(BaseModel):
     inputs: dict[str, Any]
     state: LedgerState
     request_id: str | None = None
-    owner: str | None = None  # flow run id (or host:pid) of the run that holds the claim
-    lease_until: float | None = None  # epoch seconds; a CLAIMED entry past it is stale
+    owner: str | None = None  # host:pid:random of the run that wrote it last
+    owner_run: str | None = None  # that run's Prefect flow run id, when it had one
+    batch_id: str | None = None  # the batch that wrote it last
+    lease_until: float | None = None  # epoch seconds; a SENDING entry past it is stale
     attempts: int = 0  # submits ever sent for this key
     error: str | None = None
     record_uri: str | None = None

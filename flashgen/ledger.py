@@ -1,0 +1,399 @@
+"""The ledger: what has been paid for, per item fingerprint, so nothing is ever paid twice.
+
+One JSON object per fingerprint, ``<prefix>/ledger/<fingerprint>.json``, moves through::
+
+    (none) ──claim──▶ sending ──request_id──▶ submitted ──▶ stored
+                         │                        └──────▶ failed   (the job failed: nothing paid)
+                         ├── refused / not sent ─▶ failed
+                         └── answer lost, or the sender vanished ─▶ ambiguous
+
+The only window in which a paid job can exist without a known request_id is ``sending``:
+it is written (a conditional put) immediately before the POST, with a lease that covers one
+submit request, and the request_id is recorded immediately after. Everything else is safe
+to decide from the ledger alone:
+
+==============  ====================================  =======================================
+found           condition                             decision
+==============  ====================================  =======================================
+nothing         –                                     SEND (we created ``sending``)
+submitted       –                                     RESUME its request_id (never resend)
+stored          not ``force``                         SKIP
+stored          ``force``                             SEND (take over, costs money)
+failed          –                                     SEND (no paid output exists)
+ambiguous       request_id in the local journal       RESUME it (adopted)
+ambiguous       ``resubmit_ambiguous``                SEND (may pay twice: asked for)
+ambiguous       otherwise                             AMBIGUOUS (reported, not resent)
+sending         request_id in the local journal       RESUME it (adopted)
+sending         owner alive and lease running         WAIT (then decide again)
+sending         owner gone, or lease ran out          mark ambiguous, then as above
+==============  ====================================  =======================================
+
+The request_id the API returned reaches durable storage before anything can retry the
+submit: it goes first to a local ``Journal`` (one fsync'ed file per item in the state
+directory, which every run on the machine reads), then to the ledger, with
+``RECORD_ATTEMPTS`` tries spaced by ``RECORD_BACKOFF`` on top of botocore's own retries.
+Only once the ledger holds it is the journal file removed. A submit retried after a failed
+write finds the journal and records it again; it never resends the POST.
+
+This module imports no Prefect: ``decide`` is one synchronous step over ``Store``'s
+conditional puts, and the caller (``tasks.generation``) loops on ``WAIT``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from flashgen.errors import InputError, StorageError
+from flashgen.records import LedgerEntry, LedgerState
+from flashgen.storage import Store
+
+log = logging.getLogger(__name__)
+
+# Recording a request_id: this many PutObject calls (each retried by botocore up to 5 times),
+# RECORD_BACKOFF seconds apart, doubling: 1+2+4+8+16+30 ≈ 61 s of S3 outage ridden out.
+RECORD_ATTEMPTS = 7
+RECORD_BACKOFF = 1.0
+RECORD_BACKOFF_CAP = 30.0
+# How long to wait before re-reading an item another live run is sending right now.
+WAIT_FOR_SENDER = 0.5
+
+
+class Action(StrEnum):
+    """What ``Ledger.decide`` tells the caller to do with an item."""
+
+    SEND = "send"  # we hold a fresh 'sending' entry: POST it now
+    RESUME = "resume"  # a request_id is known: poll it, never resend
+    SKIP = "skip"  # already stored
+    AMBIGUOUS = "ambiguous"  # maybe sent, answer lost: not resent unless asked
+    WAIT = "wait"  # another live run is sending it right now: ask again shortly
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    entry: LedgerEntry | None = None  # what the ledger holds now (ours after SEND)
+    request_id: str | None = None
+    reason: str | None = None
+
+    @property
+    def attempts(self) -> int:
+        """Submits sent for this fingerprint before this decision."""
+        return self.entry.attempts if self.entry else 0
+
+
+def new_owner() -> str:
+    """Who holds a claim: ``host:pid:random``, unique per run (a rerun is another owner)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_process_gone(owner: str | None) -> bool:
+    """True when ``owner`` names a process on this host that no longer exists.
+
+    >>> owner_process_gone(f"{socket.gethostname()}:{os.getpid()}:abcd1234")
+    False
+    """
+    host, _, rest = (owner or "").partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another machine's run: only its lease or its flow run can tell
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Journal:
+    """Request_ids not yet in the ledger, one fsync'ed file each, readable by any later run.
+
+    >>> import tempfile
+    >>> journal = Journal(Path(tempfile.mkdtemp()), scope="bucket/prefix")
+    >>> journal.remember("abc", "req-1"); journal.recall("abc")
+    'req-1'
+    >>> journal.forget("abc"); journal.recall("abc") is None
+    True
+    """
+
+    def __init__(self, directory: Path, scope: str) -> None:
+        # One folder per bucket/prefix: the same fingerprint elsewhere is another item.
+        self.folder = Path(directory) / "journal" / hashlib.sha256(scope.encode()).hexdigest()[:16]
+
+    def remember(self, fingerprint: str, request_id: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(fingerprint)
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump({"fingerprint": fingerprint, "request_id": request_id,
+                       "at": time.time()}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        _fsync_folder(self.folder)
+
+    def recall(self, fingerprint: str) -> str | None:
+        try:
+            return json.loads(self._path(fingerprint).read_text(encoding="utf-8"))["request_id"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def forget(self, fingerprint: str) -> None:
+        self._path(fingerprint).unlink(missing_ok=True)
+
+    def _path(self, fingerprint: str) -> Path:
+        return self.folder / f"{fingerprint}.json"
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on folders; the file itself is synced
+    finally:
+        os.close(fd)
+
+
+class ItemRef(BaseModel):
+    """What the ledger needs to know about an item: its fingerprint and what it asks for."""
+
+    fingerprint: str
+    model: str
+    inputs: dict[str, Any]
+    batch_id: str | None = None
+
+
+class Ledger:
+    """The never-pay-twice state machine over one Store (see the module docstring).
+
+    ``owner_gone(entry)`` may add knowledge the ledger cannot have (for example that the
+    owner's Prefect flow run is over); by default only a dead process on this host counts.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        journal: Journal,
+        *,
+        owner: str | None = None,
+        owner_run: str | None = None,
+        send_lease: float = 60.0,
+        owner_gone: Callable[[LedgerEntry], bool] | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store = store
+        self.journal = journal
+        self.owner = owner or new_owner()
+        self.owner_run = owner_run
+        self.send_lease = send_lease
+        self._owner_gone = owner_gone
+        self._clock = clock
+        self._sleep = sleep
+
+    # --- deciding -------------------------------------------------------------------------
+
+    def decide(self, item: ItemRef, *, force: bool = False,
+               resubmit_ambiguous: bool = False) -> Decision:
+        """One step: read (or create) the entry and say what to do. Loops only on lost races."""
+        while True:
+            fresh = self._entry(item, LedgerState.SENDING, lease_until=self._lease())
+            if self.store.claim(fresh):
+                return Decision(Action.SEND, entry=fresh)
+            found = self.store.read_ledger(item.fingerprint)
+            if found is None:
+                continue  # it vanished between our put and our read: try again
+            entry, etag = found
+            decision = self._decide(item, entry, etag, force, resubmit_ambiguous)
+            if decision is not None:
+                return decision
+
+    def _decide(self, item: ItemRef, entry: LedgerEntry, etag: str, force: bool,
+                resubmit_ambiguous: bool) -> Decision | None:
+        state = entry.state
+        if state == LedgerState.SUBMITTED and entry.request_id:
+            return Decision(Action.RESUME, entry=entry, request_id=entry.request_id)
+        if state == LedgerState.STORED and not force:
+            return Decision(Action.SKIP, entry=entry, request_id=entry.request_id,
+                            reason="already stored")
+        if state in (LedgerState.SENDING, LedgerState.CLAIMED, LedgerState.AMBIGUOUS):
+            journaled = self.journal.recall(item.fingerprint)
+            if journaled:
+                return self._adopt(item, entry, journaled, "found in the local journal")
+        if state in (LedgerState.SENDING, LedgerState.CLAIMED):
+            if not self._sender_gone(entry):
+                return Decision(Action.WAIT, entry=entry,
+                                reason=f"{entry.owner} is sending it right now")
+            entry = entry.model_copy(update={
+                "state": LedgerState.AMBIGUOUS,
+                "error": f"{entry.owner} was sending it and is gone; the submit may have "
+                         "reached the API"})
+            if not self.store.replace_ledger(entry, etag):
+                return None
+            log.warning("item %s: %s", item.fingerprint, entry.error)
+            found = self.store.read_ledger(item.fingerprint)
+            if found is None:
+                return None
+            entry, etag = found
+            state = entry.state
+        if state == LedgerState.AMBIGUOUS and not resubmit_ambiguous:
+            return Decision(Action.AMBIGUOUS, entry=entry,
+                            reason=f"ambiguous submission, not resent: {entry.error}")
+        if state == LedgerState.SUBMITTED:  # without a request_id: an unreadable write
+            return None
+        # stored with force, failed, or ambiguous on request: take it over.
+        fresh = self._entry(item, LedgerState.SENDING, lease_until=self._lease(),
+                            attempts=entry.attempts)
+        if not self.store.replace_ledger(fresh, etag):
+            return None
+        if state != LedgerState.FAILED:
+            log.info("item %s: sending a %s item again, as asked", item.fingerprint, state)
+        return Decision(Action.SEND, entry=fresh)
+
+    def _adopt(self, item: ItemRef, entry: LedgerEntry, request_id: str,
+               how: str) -> Decision:
+        adopted = self._entry(item, LedgerState.SUBMITTED, request_id=request_id,
+                              attempts=max(entry.attempts, 1))
+        self._write(adopted)
+        self.journal.forget(item.fingerprint)
+        log.info("item %s: request_id %s %s; resuming it", item.fingerprint, request_id, how)
+        return Decision(Action.RESUME, entry=adopted, request_id=request_id)
+
+    def _sender_gone(self, entry: LedgerEntry) -> bool:
+        if (entry.lease_until or 0) <= self._clock():
+            return True
+        if owner_process_gone(entry.owner):
+            return True
+        return bool(self._owner_gone and entry.owner != self.owner and self._owner_gone(entry))
+
+    # --- recording outcomes ---------------------------------------------------------------
+
+    def record_submitted(self, item: ItemRef, request_id: str, attempts: int) -> LedgerEntry:
+        """The API returned ``request_id``: journal it, then put it in the ledger, insisting.
+
+        Raises StorageError only after ``RECORD_ATTEMPTS`` writes failed; the journal still
+        holds the request_id then, so a retry or a rerun adopts it instead of resending.
+        """
+        self.journal.remember(item.fingerprint, request_id)
+        entry = self._entry(item, LedgerState.SUBMITTED, request_id=request_id,
+                            attempts=attempts)
+        self._write(entry, attempts=RECORD_ATTEMPTS)
+        self.journal.forget(item.fingerprint)
+        return entry
+
+    def recall_sent(self, item: ItemRef) -> str | None:
+        """A request_id this machine received for ``item`` but could not yet record."""
+        return self.journal.recall(item.fingerprint)
+
+    def record_unsent(self, item: ItemRef, reason: str, attempts: int) -> None:
+        """The submit never created a job (refused, or not delivered): free to send again."""
+        self._write(self._entry(item, LedgerState.FAILED, attempts=attempts, error=reason))
+
+    def record_ambiguous(self, item: ItemRef, reason: str, attempts: int) -> None:
+        self._write(self._entry(item, LedgerState.AMBIGUOUS, attempts=attempts, error=reason))
+
+    def record_failed(self, item: ItemRef, request_id: str, reason: str, attempts: int) -> None:
+        """The job ended failed or cancelled at the API: nothing usable was paid for."""
+        self._write(self._entry(item, LedgerState.FAILED, request_id=request_id,
+                                attempts=attempts, error=reason))
+
+    def record_stored(self, item: ItemRef, request_id: str, attempts: int, *,
+                      record_uri: str | None, image_uris: list[str]) -> None:
+        self._write(self._entry(item, LedgerState.STORED, request_id=request_id,
+                                attempts=attempts, record_uri=record_uri,
+                                image_uris=image_uris))
+
+    # --- settling by hand (``flashgen ledger``) -----------------------------------------
+
+    def entries(self, *, state: LedgerState | None = None,
+                batch_id: str | None = None) -> Iterator[LedgerEntry]:
+        """Every entry, optionally only those in ``state`` or last written by ``batch_id``."""
+        for listed in self.store.list_keys("ledger/"):
+            found = self.store.read_ledger(Path(listed.key).stem)
+            if found is None:
+                continue
+            entry = found[0]
+            if (state is None or entry.state == state) and (
+                    batch_id is None or entry.batch_id == batch_id):
+                yield entry
+
+    def show(self, fingerprint: str) -> LedgerEntry:
+        found = self.store.read_ledger(fingerprint)
+        if found is None:
+            raise InputError(f"fingerprint: no ledger entry for {fingerprint!r}",
+                             field="fingerprint")
+        return found[0]
+
+    def resolve(self, fingerprint: str, *, request_id: str | None = None,
+                retry: bool = False) -> LedgerEntry:
+        """Settle an ambiguous (or stale sending) item by hand.
+
+        ``request_id``: adopt a request found in RunComfy's dashboard; the next run polls
+        and stores it. ``retry``: release it for resubmission (which may pay twice).
+        """
+        if (request_id is None) == (not retry):
+            raise InputError("resolve: give exactly one of --request-id or --retry",
+                             field="request_id")
+        found = self.store.read_ledger(fingerprint)
+        if found is None:
+            raise InputError(f"fingerprint: no ledger entry for {fingerprint!r}",
+                             field="fingerprint")
+        entry, etag = found
+        if entry.state not in (LedgerState.AMBIGUOUS, LedgerState.SENDING,
+                               LedgerState.CLAIMED, LedgerState.FAILED):
+            raise InputError(f"fingerprint: {fingerprint} is {entry.state}, not ambiguous; "
+                             "nothing to resolve", field="fingerprint")
+        if request_id:
+            settled = entry.model_copy(update={
+                "state": LedgerState.SUBMITTED, "request_id": request_id, "error": None,
+                "attempts": max(entry.attempts, 1), "owner": self.owner, "lease_until": None})
+        else:
+            settled = entry.model_copy(update={
+                "state": LedgerState.FAILED, "owner": self.owner, "lease_until": None,
+                "error": f"released for resubmission by hand (was: {entry.error})"})
+        if not self.store.replace_ledger(settled, etag):
+            raise StorageError(f"ledger entry {fingerprint} changed while resolving it; "
+                               "look again with `flashgen ledger show`")
+        return settled
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _lease(self) -> float:
+        return self._clock() + self.send_lease
+
+    def _entry(self, item: ItemRef, state: LedgerState, **fields: Any) -> LedgerEntry:
+        return LedgerEntry(key=item.fingerprint, model=item.model, inputs=item.inputs,
+                           state=state, owner=self.owner, owner_run=self.owner_run,
+                           batch_id=item.batch_id, **fields)
+
+    def _write(self, entry: LedgerEntry, *, attempts: int = 1) -> None:
+        """Write our own entry; ``attempts`` > 1 only where it holds the only request_id."""
+        delay = RECORD_BACKOFF
+        for attempt in range(1, attempts + 1):
+            try:
+                self.store.write_ledger(entry)
+                return
+            except StorageError as exc:
+                if attempt == attempts or not exc.transient:
+                    raise
+                log.warning("ledger write for %s failed (%s); again in %.0fs", entry.key, exc,
+                            delay)
+                self._sleep(delay)
+                delay = min(delay * 2, RECORD_BACKOFF_CAP)

@@ -1,0 +1,181 @@
+"""The ledger's decision table, without Prefect: every (state, lease, owner, force, resubmit)
+case on moto's S3, plus recording a request_id through an S3 outage."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from flashgen.errors import InputError, StorageError
+from flashgen.ledger import Action, ItemRef, Journal, Ledger
+from flashgen.records import LedgerEntry, LedgerState
+
+NOW = 1_000_000.0
+ITEM = ItemRef(fingerprint="f" * 64, model="m", inputs={"prompt": "a fox"}, batch_id="b")
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+LIVE_OTHER = f"{socket.gethostname()}:1:otherrun"  # pid 1 always exists
+DEAD_OTHER = f"{socket.gethostname()}:{_dead_pid()}:deadrun"
+REMOTE = "another-host:123:remote"
+
+
+@pytest.fixture
+def ledger(store, tmp_path):
+    return Ledger(store, Journal(tmp_path, scope="s3://flashgen-test/fg"), owner="me:1:mine",
+                  send_lease=60, clock=lambda: NOW, sleep=lambda _: None)
+
+
+def _put(store, state: LedgerState, **fields) -> None:
+    store.write_ledger(LedgerEntry(key=ITEM.fingerprint, model="m", inputs={}, state=state,
+                                   **fields))
+
+
+# (found, put fields, journal request_id, force, resubmit_ambiguous) → action, request_id
+CASES = {
+    "new item": (None, {}, None, False, False, Action.SEND, None),
+    "submitted": (LedgerState.SUBMITTED, {"request_id": "r1"}, None, False, False,
+                  Action.RESUME, "r1"),
+    "submitted, even with force": (LedgerState.SUBMITTED, {"request_id": "r1"}, None, True,
+                                   False, Action.RESUME, "r1"),
+    "stored": (LedgerState.STORED, {"request_id": "r1"}, None, False, False, Action.SKIP, "r1"),
+    "stored with force": (LedgerState.STORED, {"request_id": "r1"}, None, True, False,
+                          Action.SEND, None),
+    "failed": (LedgerState.FAILED, {"error": "x"}, None, False, False, Action.SEND, None),
+    "ambiguous": (LedgerState.AMBIGUOUS, {"error": "lost"}, None, False, False,
+                  Action.AMBIGUOUS, None),
+    "ambiguous, resubmit asked": (LedgerState.AMBIGUOUS, {"error": "lost"}, None, False, True,
+                                  Action.SEND, None),
+    "ambiguous, journal knows": (LedgerState.AMBIGUOUS, {}, "r9", False, True,
+                                 Action.RESUME, "r9"),
+    "sending, live owner, lease running": (
+        LedgerState.SENDING, {"owner": LIVE_OTHER, "lease_until": NOW + 30}, None, False, False,
+        Action.WAIT, None),
+    "sending, remote owner, lease running": (
+        LedgerState.SENDING, {"owner": REMOTE, "lease_until": NOW + 30}, None, False, False,
+        Action.WAIT, None),
+    "sending, lease ran out": (
+        LedgerState.SENDING, {"owner": REMOTE, "lease_until": NOW - 1}, None, False, False,
+        Action.AMBIGUOUS, None),
+    "sending, owner process gone": (
+        LedgerState.SENDING, {"owner": DEAD_OTHER, "lease_until": NOW + 30}, None, False, False,
+        Action.AMBIGUOUS, None),
+    "sending, owner gone, resubmit asked": (
+        LedgerState.SENDING, {"owner": DEAD_OTHER, "lease_until": NOW + 30}, None, False, True,
+        Action.SEND, None),
+    "sending, journal knows": (
+        LedgerState.SENDING, {"owner": LIVE_OTHER, "lease_until": NOW + 30}, "r7", False, False,
+        Action.RESUME, "r7"),
+    "legacy claimed, expired": (
+        LedgerState.CLAIMED, {"owner": REMOTE, "lease_until": NOW - 1}, None, False, False,
+        Action.AMBIGUOUS, None),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_decision_table(ledger, store, case):
+    found, fields, journaled, force, resubmit, action, request_id = CASES[case]
+    if found is not None:
+        _put(store, found, **fields)
+    if journaled:
+        ledger.journal.remember(ITEM.fingerprint, journaled)
+    decision = ledger.decide(ITEM, force=force, resubmit_ambiguous=resubmit)
+    assert (decision.action, decision.request_id) == (action, request_id)
+    entry, _ = store.read_ledger(ITEM.fingerprint)
+    if action == Action.SEND:  # we hold a fresh 'sending' entry with a lease of one request
+        assert (entry.state, entry.owner, entry.lease_until) == (
+            LedgerState.SENDING, "me:1:mine", NOW + 60)
+    if action == Action.RESUME and journaled:  # adopted: in the ledger, out of the journal
+        assert (entry.state, entry.request_id) == (LedgerState.SUBMITTED, journaled)
+        assert ledger.journal.recall(ITEM.fingerprint) is None
+    if action == Action.AMBIGUOUS and found in (LedgerState.SENDING, LedgerState.CLAIMED):
+        assert entry.state == LedgerState.AMBIGUOUS and "may have reached" in entry.error
+
+
+def test_a_finished_prefect_owner_is_gone_at_once(store, tmp_path):
+    _put(store, LedgerState.SENDING, owner=REMOTE, owner_run="run-1", lease_until=NOW + 30)
+    ledger = Ledger(store, Journal(tmp_path, scope="x"), owner="me:1:mine", clock=lambda: NOW,
+                    owner_gone=lambda entry: entry.owner_run == "run-1")
+    assert ledger.decide(ITEM).action == Action.AMBIGUOUS
+
+
+def test_two_ledgers_racing_for_one_item_send_it_once(store, tmp_path):
+    first = Ledger(store, Journal(tmp_path / "a", scope="x"), owner=LIVE_OTHER, clock=lambda: NOW)
+    second = Ledger(store, Journal(tmp_path / "b", scope="x"), owner="me:1:mine",
+                    clock=lambda: NOW)
+    assert first.decide(ITEM).action == Action.SEND
+    assert second.decide(ITEM).action == Action.WAIT
+    first.record_submitted(ITEM, "r1", attempts=1)
+    assert (second.decide(ITEM).action, second.decide(ITEM).request_id) == (Action.RESUME, "r1")
+
+
+class FlakyWrites:
+    """A Store whose ledger writes fail ``failures`` times (S3 refusing connections)."""
+
+    def __init__(self, store, failures: int) -> None:
+        self._store, self.failures, self.calls = store, failures, 0
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def write_ledger(self, entry):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise StorageError("S3 PutObject failed: connection refused", transient=True)
+        return self._store.write_ledger(entry)
+
+
+def test_a_request_id_rides_out_a_short_outage(store, tmp_path):
+    flaky = FlakyWrites(store, failures=4)
+    ledger = Ledger(flaky, Journal(tmp_path, scope="x"), clock=lambda: NOW,
+                    sleep=lambda _: None)
+    ledger.record_submitted(ITEM, "r1", attempts=1)
+    entry, _ = store.read_ledger(ITEM.fingerprint)
+    assert (entry.state, entry.request_id, flaky.calls) == (LedgerState.SUBMITTED, "r1", 5)
+    assert ledger.journal.recall(ITEM.fingerprint) is None
+
+
+def test_a_long_outage_keeps_the_request_id_in_the_journal_for_the_rerun(store, tmp_path):
+    from flashgen.ledger import RECORD_ATTEMPTS
+
+    flaky = FlakyWrites(store, failures=10_000)
+    ledger = Ledger(flaky, Journal(tmp_path, scope="x"), clock=lambda: NOW,
+                    sleep=lambda _: None)
+    assert ledger.decide(ITEM).action == Action.SEND
+    with pytest.raises(StorageError):
+        ledger.record_submitted(ITEM, "r1", attempts=1)
+    assert flaky.calls == RECORD_ATTEMPTS  # bounded: the number in ledger.py's docstring
+    # The rerun (another owner, S3 back) adopts the journaled request_id: no second POST.
+    rerun = Ledger(store, Journal(tmp_path, scope="x"), owner="rerun:1:x", clock=lambda: NOW)
+    decision = rerun.decide(ITEM)
+    assert (decision.action, decision.request_id) == (Action.RESUME, "r1")
+
+
+def test_resolve_adopts_a_request_or_releases_the_item(ledger, store):
+    _put(store, LedgerState.AMBIGUOUS, error="lost")
+    assert ledger.resolve(ITEM.fingerprint, request_id="dash-1").state == LedgerState.SUBMITTED
+    assert ledger.decide(ITEM).request_id == "dash-1"
+    _put(store, LedgerState.AMBIGUOUS, error="lost")
+    assert ledger.resolve(ITEM.fingerprint, retry=True).state == LedgerState.FAILED
+    assert ledger.decide(ITEM).action == Action.SEND
+    with pytest.raises(InputError, match="not ambiguous"):
+        _put(store, LedgerState.STORED)
+        ledger.resolve(ITEM.fingerprint, retry=True)
+
+
+def test_entries_filter_by_state_and_batch(ledger, store):
+    ledger.decide(ITEM)
+    ledger.record_ambiguous(ITEM, "lost", attempts=1)
+    other = ITEM.model_copy(update={"fingerprint": "e" * 64, "batch_id": "c"})
+    ledger.decide(other)
+    ledger.record_submitted(other, "r2", attempts=1)
+    assert [e.key for e in ledger.entries(state=LedgerState.AMBIGUOUS)] == [ITEM.fingerprint]
+    assert [e.key for e in ledger.entries(batch_id="c")] == [other.fingerprint]
