@@ -7,6 +7,7 @@
     flashgen batch prompts.csv --bucket my-bucket --concurrency 8
     flashgen demo                          the whole job on a local stack
     flashgen provision                     bucket, limits, pool, blocks, automations
+    flashgen ledger list|show|resolve      what was paid for, and settling ambiguous items
 
 Prefect is imported only by the commands that run flows, so ``--help`` stays quick and
 the demo can point Prefect at its own home before Prefect reads its settings.
@@ -38,7 +39,9 @@ PrefixOpt = Annotated[str | None, typer.Option(help="Key prefix inside the bucke
 
 
 def _fail(exc: Exception, code: int = 1) -> None:
-    typer.secho(f"error: {exc}", fg="red", err=True)
+    """One line on stderr (multi-line messages folded), then exit ``code``."""
+    message = " ".join(str(exc).split())
+    typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(code)
 
 
@@ -126,24 +129,35 @@ def batch(
         help="Resend items whose earlier submit lost its answer (may pay twice).")] = False,
     defaults: Annotated[str | None, typer.Option(
         help='JSON object of input defaults, e.g. \'{"aspect_ratios": ["16:9","1:1"]}\'.')] = None,
+    dry_run: Annotated[bool, typer.Option(
+        help="Plan only: check everything, print what would be paid for, send nothing.")] = False,
+    max_items: Annotated[int | None, typer.Option(
+        help="Refuse to send more than N paid submissions.")] = None,
+    max_cost: Annotated[float | None, typer.Option(
+        help="Refuse to spend more than X (needs FLASHGEN_PRICE_PER_IMAGE).")] = None,
 ) -> None:
     """Generate a batch of images into S3 (runs the generate-images flow)."""
-    from flows.generate import generate_images
+    from flows.generate import BatchOptions, generate_images
 
     try:
         parsed = json.loads(defaults) if defaults else None
     except json.JSONDecodeError as exc:
         _fail(InputError(f"--defaults: not valid JSON: {exc}"), 2)
-    _run_flow(generate_images, source=source, prompts=prompt or None, defaults=parsed,
-              model_id=model, bucket=bucket,
-              prefix=prefix, concurrency=concurrency, force=force, batch_id=batch_id,
-              strict=strict, max_failure_ratio=max_failure_ratio,
-              resubmit_ambiguous=resubmit_ambiguous)
+    params = dict(source=source, prompts=prompt or None, defaults=parsed, model_id=model,
+                  bucket=bucket, prefix=prefix, concurrency=concurrency, force=force,
+                  batch_id=batch_id, strict=strict, max_failure_ratio=max_failure_ratio,
+                  resubmit_ambiguous=resubmit_ambiguous, dry_run=dry_run,
+                  max_items=max_items, max_cost=max_cost)
+    try:
+        BatchOptions.parse(**params)  # the flow checks again; this fails before Prefect starts
+    except InputError as exc:
+        _fail(exc, 2)
+    _run_flow(generate_images, **params)
 
 
 def _run_flow(flow: Any, **params: Any) -> None:
     """Run a flow in this process with a progress bar, print its table, exit 0 only if ok."""
-    from flows.console import print_summary, progress_bar
+    from flows.console import print_plan, print_summary, progress_bar
 
     with progress_bar():
         state = asyncio.run(flow(**params, return_state=True))
@@ -153,6 +167,9 @@ def _run_flow(flow: Any, **params: Any) -> None:
         _fail(exc)
     if isinstance(summary, BaseException):
         _fail(summary, 2 if isinstance(summary, InputError) else 1)
+    if summary.dry_run:
+        print_plan(summary)
+        return
     print_summary(summary)
     if not state.is_completed():
         raise typer.Exit(1)
@@ -168,6 +185,77 @@ def demo(
     from infra.demo import run_demo
 
     raise typer.Exit(run_demo(out=out, job_time=job_time, concurrency=concurrency))
+
+
+ledger_app = typer.Typer(help="See and settle the ledger: what was paid for, per item.",
+                         no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+
+
+def _ledger(bucket: str | None, prefix: str | None) -> Any:
+    from flashgen.ledger import Journal, Ledger
+    from flashgen.settings import get_settings
+    from flashgen.storage import Store
+
+    settings = get_settings()
+    store = Store.from_settings(settings, bucket=bucket, prefix=prefix)
+    return Ledger(store, Journal(settings.state_dir, scope=store.uri(store.prefix)))
+
+
+@ledger_app.command("list")
+def ledger_list(
+    state: Annotated[str | None, typer.Option(
+        help="Only entries in this state: sending, submitted, stored, failed, ambiguous.")] = None,
+    batch: Annotated[str | None, typer.Option(help="Only entries written by this batch.")] = None,
+    bucket: BucketOpt = None,
+    prefix: PrefixOpt = None,
+) -> None:
+    """One line per ledger entry: fingerprint, state, request_id, batch, updated."""
+    from flashgen.records import LedgerState
+
+    try:
+        wanted = LedgerState(state) if state else None
+    except ValueError:
+        _fail(InputError(f"--state: {state!r} is not one of "
+                         f"{', '.join(s.value for s in LedgerState)}"), 2)
+    try:
+        for entry in _ledger(bucket, prefix).entries(state=wanted, batch_id=batch):
+            updated = entry.updated_at.isoformat(timespec="seconds") if entry.updated_at else ""
+            typer.echo(f"{entry.key}  {entry.state.value:<10} {entry.request_id or '-':<38} "
+                       f"{entry.batch_id or '-':<24} {updated}")
+    except FlashgenError as exc:
+        _fail(exc, 2 if isinstance(exc, InputError) else 1)
+
+
+@ledger_app.command("show")
+def ledger_show(fingerprint: str, bucket: BucketOpt = None, prefix: PrefixOpt = None) -> None:
+    """An entry in full: state, request_id, owner, times, error."""
+    try:
+        typer.echo(_ledger(bucket, prefix).show(fingerprint).model_dump_json(indent=2))
+    except FlashgenError as exc:
+        _fail(exc, 2 if isinstance(exc, InputError) else 1)
+
+
+@ledger_app.command("resolve")
+def ledger_resolve(
+    fingerprint: str,
+    request_id: Annotated[str | None, typer.Option(
+        help="Adopt this request (found in RunComfy's dashboard); the next run stores it.")] = None,
+    retry: Annotated[bool, typer.Option(
+        help="Release the item for resubmission. It may pay twice.")] = False,
+    bucket: BucketOpt = None,
+    prefix: PrefixOpt = None,
+) -> None:
+    """Settle an ambiguous item: adopt its request, or release it to be sent again."""
+    try:
+        entry = _ledger(bucket, prefix).resolve(fingerprint, request_id=request_id, retry=retry)
+    except FlashgenError as exc:
+        _fail(exc, 2 if isinstance(exc, InputError) else 1)
+    if retry:
+        typer.secho("released: the next run sends it again. If the lost submit did reach "
+                    "the API, this pays twice.", fg="yellow", err=True)
+    else:
+        typer.echo(f"adopted {entry.request_id}: the next run polls and stores it")
 
 
 def _register_provision() -> None:

@@ -2,6 +2,7 @@
 
     FlashgenError
     ├── InputError                  bad input, caught before anything is sent (names the field)
+    │   └── BudgetError             a run's plan, or its next submit, is over --max-items/--max-cost
     ├── ApiError                    the API (or the path to it) failed
     │   ├── TransientApiError       worth retrying: 5xx on a safe call, transport errors, bad bodies
     │   │   └── RateLimitedError    429; carries the server's Retry-After
@@ -55,6 +56,13 @@ class InputError(FlashgenError, ValueError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         self.field = field
         super().__init__(message)
+
+
+class BudgetError(InputError):
+    """Sending would go over the run's cap on paid submissions; nothing more is sent."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="budget")
 
 
 # --- the API failed -------------------------------------------------------------------

@@ -9,7 +9,9 @@
     FLASHGEN_S3_KMS_KEY_ID  the KMS key when FLASHGEN_S3_SSE is "aws:kms"
     FLASHGEN_API_CONCURRENCY        jobs queued or running at the API at once (default 4)
     FLASHGEN_CONCURRENCY_LIMIT      the Prefect global concurrency limit that shares them
-    FLASHGEN_CLAIM_TTL      seconds an unsubmitted claim is honoured before it is stale
+    FLASHGEN_SEND_LEASE     seconds a "sending" ledger entry is honoured (one submit request)
+    FLASHGEN_STATE_DIR      this machine's journal of request_ids not yet in the ledger
+    FLASHGEN_PRICE_PER_IMAGE        your own price per image, for plans and --max-cost
     FLASHGEN_MAX_IMAGE_BYTES / FLASHGEN_MAX_VIDEO_BYTES   download caps (50 MB / 100 MB)
     FLASHGEN_JOB_DEADLINE   seconds a job may take from submit to finish (default 900)
     FLASHGEN_POLL_INITIAL / FLASHGEN_POLL_MAXIMUM   status polling interval bounds (s)
@@ -19,7 +21,9 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,8 +49,11 @@ class Settings(BaseSettings):
     s3_kms_key_id: str | None = None
     api_concurrency: int = Field(4, ge=1)
     concurrency_limit: str = "runcomfy-api"
-    # Longer than a submit can take with all its retries (the client's budget is 120 s).
-    claim_ttl: float = Field(300.0, gt=0)
+    # Covers one submit: the client's submit budget with its retries, plus margin.
+    send_lease: float = Field(150.0, gt=0)
+    state_dir: Path = Field(default_factory=lambda: Path(
+        os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "flashgen")
+    price_per_image: float | None = Field(None, ge=0)
     max_image_bytes: int = 50 * 1024 * 1024
     max_video_bytes: int = 100 * 1024 * 1024
     job_deadline: float = Field(900.0, gt=0)
@@ -59,3 +66,23 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings, read once. Tests call ``get_settings.cache_clear()``."""
     return Settings()
+
+
+async def resolve_token(settings: Settings, token: SecretStr | str | None = None) -> SecretStr:
+    """The API token: ``token``, else RUNCOMFY_API_TOKEN, else the Prefect Secret block."""
+    if token:
+        return token if isinstance(token, SecretStr) else SecretStr(token)
+    if settings.api_token is not None and settings.api_token.get_secret_value():
+        return settings.api_token
+    from flashgen.errors import AuthenticationError
+
+    block = os.environ.get("FLASHGEN_TOKEN_BLOCK", "runcomfy-api-token")
+    try:
+        from prefect.blocks.system import Secret
+
+        secret = await Secret.aload(block)
+        return SecretStr(secret.get())
+    except ValueError:
+        raise AuthenticationError(
+            "no API token: set RUNCOMFY_API_TOKEN or create the Prefect Secret block "
+            f"'{block}' (flashgen provision does this)") from None

@@ -36,10 +36,12 @@ import json
 import logging
 import mimetypes
 import re
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import boto3
@@ -105,7 +107,7 @@ def extension_for(content_type: str) -> str:
     return guessed.lstrip(".") if guessed else "bin"
 
 
-def _segment(value: str, field: str) -> str:
+def safe_segment(value: str, field: str) -> str:
     """``value`` if it is safe as one key segment (no '/', no '..'), else InputError."""
     if not isinstance(value, str) or not _SAFE_SEGMENT.fullmatch(value):
         raise InputError(
@@ -156,19 +158,20 @@ class Layout:
         return self.path("metadata", _utc_day(when), self._name(key, index, "json"))
 
     def ledger(self, key: str) -> str:
-        return self.path("ledger", f"{_segment(key, 'key')}.json")
+        return self.path("ledger", f"{safe_segment(key, 'key')}.json")
 
     def manifest(self, batch_id: str) -> str:
-        return self.path("manifests", f"{_segment(batch_id, 'batch_id')}.jsonl")
+        return self.path("manifests", f"{safe_segment(batch_id, 'batch_id')}.jsonl")
 
     def manifest_summary(self, batch_id: str) -> str:
-        return self.path("manifests", f"{_segment(batch_id, 'batch_id')}.summary.json")
+        return self.path("manifests", f"{safe_segment(batch_id, 'batch_id')}.summary.json")
 
     @staticmethod
     def _name(key: str, index: int, ext: str) -> str:
         if index < 0:
             raise ValueError(f"output index must be >= 0, got {index}")
-        stem = _segment(key, "key") if index == 0 else f"{_segment(key, 'key')}-{index}"
+        stem = safe_segment(key, "key")
+        stem = stem if index == 0 else f"{stem}-{index}"
         return f"{stem}.{ext}"
 
 
@@ -331,16 +334,21 @@ class Store:
         when: datetime,
         index: int = 0,
         metadata: dict[str, str] | None = None,
+        sha256: str | None = None,
     ) -> StoredObject:
         """Store output ``index`` of fingerprint ``key``; S3 checks its SHA-256 on arrival.
+
+        ``sha256`` (hex) is the digest the caller already took; S3 refuses the put if the
+        bytes do not match it.
 
         >>> obj = store.put_image("abc", png, "image/png", when=datetime.now(UTC))
         >>> obj.uri, obj.sha256
         ('s3://my-bucket/flashgen/images/2025/01/02/abc.png', '9f86d0…')
         """
         s3_key = self.layout.image(key, when, index=index, content_type=content_type)
-        sha256 = hashlib.sha256(data).hexdigest()
-        self._put(s3_key, data, content_type, metadata={**(metadata or {}), "sha256": sha256})
+        sha256 = sha256 or hashlib.sha256(data).hexdigest()
+        self._put(s3_key, data, content_type, metadata={**(metadata or {}), "sha256": sha256},
+                  digest=bytes.fromhex(sha256))
         return StoredObject(
             uri=self.uri(s3_key), bucket=self.bucket, key=s3_key, size=len(data),
             sha256=sha256, content_type=content_type,
@@ -361,15 +369,48 @@ class Store:
         s3_key = self.layout.manifest(batch_id)
         body = "".join(row.model_dump_json() + "\n" for row in rows).encode()
         self._put(s3_key, body, NDJSON)
+        self._put_summary(batch_id, s3_key, Counter(str(row.state) for row in rows))
+        return self.uri(s3_key)
+
+    def put_manifest_file(self, batch_id: str, path: Path, counts: dict[str, int]) -> str:
+        """Upload a spooled JSONL manifest (``flashgen.manifest``), then its summary."""
+        s3_key = self.layout.manifest(batch_id)
+        self._put(s3_key, Path(path).read_bytes(), NDJSON)
+        self._put_summary(batch_id, s3_key, counts)
+        return self.uri(s3_key)
+
+    def _put_summary(self, batch_id: str, s3_key: str, counts: dict[str, int]) -> None:
         summary = {
             "batch_id": batch_id,
             "manifest_uri": self.uri(s3_key),
-            "rows": len(rows),
-            "counts": dict(Counter(str(row.state) for row in rows)),
+            "rows": sum(counts.values()),
+            "counts": {str(state): n for state, n in counts.items()},
             "written_at": datetime.now(UTC).isoformat(),
         }
         self.put_json(self.layout.manifest_summary(batch_id), summary)
-        return self.uri(s3_key)
+
+    def delete(self, uri_or_key: str) -> None:
+        """Delete one object (a missing one is fine)."""
+        bucket, key = self._locate(uri_or_key)
+        try:
+            self.s3.delete_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error("DeleteObject", bucket, key, exc) from exc
+
+    def check_writable(self) -> None:
+        """Prove the bucket exists and takes writes under the prefix (a probe put + delete).
+
+        A missing bucket is an InputError (nothing to retry); other refusals StorageError.
+        """
+        probe = self.layout.path(".flashgen-probe", uuid.uuid4().hex)
+        try:
+            self._put(probe, b"", "application/octet-stream")
+        except StorageError as exc:
+            if "NoSuchBucket" in str(exc):
+                raise InputError(f"bucket: s3://{self.bucket} does not exist", field="bucket") \
+                    from None
+            raise
+        self.delete(probe)
 
     def read_manifest(self, batch_id: str) -> list[ManifestRow]:
         """The rows of ``manifests/<batch_id>.jsonl``, in order."""
@@ -413,6 +454,22 @@ class Store:
         found = self._get(bucket, key)
         assert found is not None  # missing_ok=False raises instead
         return found[0]
+
+    def download(self, uri_or_key: str, path: Path) -> None:
+        """Stream the object into the local file ``path`` (checksum verified by botocore)."""
+        bucket, key = self._locate(uri_or_key)
+        try:
+            response = self.s3.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+            with open(path, "wb") as handle:
+                for chunk in response["Body"].iter_chunks(1 << 20):
+                    handle.write(chunk)
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND_CODES | {"NoSuchBucket"}:
+                raise InputError(f"source: s3://{bucket}/{key} does not exist ({_code(exc)})",
+                                 field="source") from None
+            raise _storage_error("GetObject", bucket, key, exc) from exc
+        except (BotoCoreError, FlexibleChecksumError) as exc:
+            raise _storage_error("GetObject", bucket, key, exc) from exc
 
     def read_text(self, uri_or_key: str) -> str:
         """The object decoded as UTF-8 (prompt files, records, manifests)."""
@@ -494,15 +551,19 @@ class Store:
         if_none_match: bool = False,
         if_match: str | None = None,
         metadata: dict[str, str] | None = None,
+        digest: bytes | None = None,
     ) -> str | None:
-        """PutObject with checksum and SSE; the new ETag, or None if a condition did not hold."""
+        """PutObject with checksum and SSE; the new ETag, or None if a condition did not hold.
+
+        ``digest`` is the body's SHA-256 when the caller has it already.
+        """
         params: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
             "Body": body,
             "ContentType": content_type,
             "ChecksumAlgorithm": "SHA256",
-            "ChecksumSHA256": base64.b64encode(hashlib.sha256(body).digest()).decode(),
+            "ChecksumSHA256": base64.b64encode(digest or hashlib.sha256(body).digest()).decode(),
             **self._sse,
         }
         if metadata:

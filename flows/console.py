@@ -51,6 +51,14 @@ def print_summary(summary: BatchSummary) -> None:
         out.print(f"manifest: {summary.manifest_uri}")
 
 
+def print_plan(summary: BatchSummary) -> None:
+    """A dry run's plan: what the batch would do, and that nothing was sent."""
+    out = Console(width=max(Console().width, 100))
+    out.print(f"[bold]{summary.describe()}[/]")
+    for line in summary.plan.lines() if summary.plan else []:
+        out.print("  " + line)
+
+
 def _key(uri: str) -> str:
     """``s3://bucket/prefix/images/…`` → ``prefix/images/…`` (the bucket is in the title)."""
     return uri.split("/", 3)[-1] if uri.startswith("s3://") else uri

@@ -1,25 +1,34 @@
 """The main job: prompts in, images and metadata in S3, never paying twice.
 
-``generate_images`` takes a batch (inline prompts or a CSV/JSONL/YAML file, local or
-``s3://``), validates every row before anything is sent, then runs each item through
-claim → submit → wait → fetch → store. The run takes a share of the Prefect global
-concurrency limit that every run and worker shares (FLASHGEN_CONCURRENCY_LIMIT) and
-schedules its own items inside that share, so the API's slots stay busy without paying
-Prefect's slot-wakeup latency per job (prefect #23183).
+``generate_images`` (and ``generate_image`` for one prompt) run one batch:
+
+1. every option is checked (``BatchOptions``) and every row read and validated, streamed
+   from the prompt file; the bucket is probed for writes and the token tried with a
+   request that costs nothing — all before the first paid request;
+2. the ledger entry of every item is read (a bounded number at a time) to make the plan:
+   what is stored, in flight, ambiguous, and what will be paid for; the plan is logged,
+   published as an artifact and held against ``max_items`` / ``max_cost``; a dry run stops
+   here;
+3. items stream through a bounded pool of workers; each job holds one API slot from its
+   submit until it is terminal, then is fetched and stored outside the slot;
+4. rows stream into the manifest spool, uploaded with its summary at the end, and the
+   batch's event and table artifact follow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import tempfile
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 from prefect.concurrency.asyncio import concurrency as global_slots
@@ -29,23 +38,117 @@ from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Failed, State
 from prefect.utilities.urls import url_for
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flashgen.client import RunComfyClient
-from flashgen.errors import InputError, is_transient
+from flashgen.errors import (
+    AuthenticationError,
+    BudgetError,
+    DownloadError,
+    InputError,
+    NotFoundError,
+)
+from flashgen.failpoints import failpoint
+from flashgen.ledger import Action, Journal, Ledger
+from flashgen.manifest import ManifestSpool
 from flashgen.models import DEFAULT_MODEL
-from flashgen.records import ItemState, LedgerState, ManifestRow, Timings
-from flashgen.settings import Settings, get_settings
-from flashgen.sources import BatchPlan, Item, Row, plan_batch, read_rows, rows_from_prompts
-from flashgen.storage import Store, parse_s3_uri
+from flashgen.plan import RunPlan, census
+from flashgen.records import ItemState, ManifestRow, Timings
+from flashgen.settings import Settings, get_settings, resolve_token
+from flashgen.sources import (
+    BatchPlan,
+    Item,
+    Row,
+    concat_rows,
+    plan_batch,
+    read_rows,
+    rows_from_prompts,
+)
+from flashgen.storage import Store, parse_s3_uri, safe_segment
 from flows.progress import BatchProgress
-from flows.summary import BatchSummary, emit_batch_event, publish_table
-from tasks import generation as steps
-from tasks.runtime import Runtime, resolve_token
+from flows.summary import BatchSummary, artifact_key, emit_batch_event, publish_table
+from tasks.context import BatchContext, SubmitBudget, prefect_run_over
+from tasks.generation import Steps
 
 SUBMIT_RATE_LIMIT = "runcomfy-submit"
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/=-]*")
+# A request_id that cannot exist: asking for its status costs nothing and proves the token.
+_PROBE_REQUEST_ID = "00000000-0000-4000-8000-000000000000"
 
 
-@flow(name="generate-images", log_prints=True)
+class BatchOptions(BaseModel):
+    """Everything a batch run is told, checked before anything is read or sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = None
+    prompts: list[str] | None = None
+    defaults: dict[str, Any] | None = None
+    model_id: str = DEFAULT_MODEL
+    bucket: str | None = None
+    prefix: str | None = None
+    concurrency: int | None = Field(None, ge=1, le=512)
+    force: bool = False
+    batch_id: str | None = None
+    strict: bool = False
+    max_failure_ratio: float = Field(0.0, ge=0, le=1)
+    resubmit_ambiguous: bool = False
+    run_date: date | None = None
+    dry_run: bool = False
+    max_items: int | None = Field(None, ge=0)
+    max_cost: float | None = Field(None, ge=0)
+
+    @field_validator("batch_id")
+    @classmethod
+    def _batch_id(cls, value: str | None) -> str | None:
+        return None if value is None else safe_segment(value, "batch_id")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str | None) -> str | None:
+        if value is not None and not _BUCKET_NAME.fullmatch(value):
+            raise ValueError("not a valid S3 bucket name (3-63 lowercase letters, digits, "
+                             "'.' or '-')")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and (not _PREFIX.fullmatch(value) or ".." in value.split("/")):
+            raise ValueError("use letters, digits and !_.*'()/=- only, no '..' segments")
+        return value
+
+    @classmethod
+    def parse(cls, **values: Any) -> BatchOptions:
+        """Validate, turning the first problem into an InputError that names the field."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(p) for p in error["loc"]) or "options"
+            message = error["msg"].removeprefix("Value error, ")
+            raise InputError(f"{field}: {message} (got {_excerpt(error.get('input'))})",
+                             field=field) from None
+
+
+def _excerpt(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _run_name() -> str:
+    return f"batch-{runtime_flow_run.parameters.get('batch_id') or _default_batch_id()}"
+
+
+def _default_batch_id() -> str:
+    """The run's scheduled time and its flow run id: the same inside and outside the flow."""
+    started = runtime_flow_run.scheduled_start_time or datetime.now(UTC)
+    run_id = (runtime_flow_run.get_id() or "local").replace("-", "")
+    return f"{started.astimezone(UTC):%Y%m%dT%H%M%S}-{run_id[:6]}"
+
+
+@flow(name="generate-images", flow_run_name=_run_name, log_prints=True)
 async def generate_images(
     source: str | None = None,
     prompts: list[str] | None = None,
@@ -60,34 +163,44 @@ async def generate_images(
     max_failure_ratio: float = 0.0,
     resubmit_ambiguous: bool = False,
     run_date: str | None = None,
-) -> BatchSummary:
+    dry_run: bool = False,
+    max_items: int | None = None,
+    max_cost: float | None = None,
+) -> BatchSummary | State:
     """Generate a batch of images into S3.
 
     Args:
         source: a prompt file (CSV, JSONL, JSON or YAML), local path or ``s3://`` URI.
         prompts: prompts given inline (with or without ``source``).
-        defaults: input fields for every row; may hold ``seeds``, ``variations`` or
-            ``aspect_ratios`` to expand each row into several images.
+        defaults: input fields for every row; may hold ``seeds``, ``variations``,
+            ``aspect_ratios`` or ``vars`` to expand each row into several images.
         model_id: the RunComfy model; the default model's inputs are validated exactly.
         bucket, prefix: where in S3 (default FLASHGEN_BUCKET / FLASHGEN_PREFIX).
         concurrency: jobs this run keeps at the API at once (default
             FLASHGEN_API_CONCURRENCY), further capped by the shared global limit.
         force: generate again even when an item is already stored (costs money).
-        batch_id: names the manifest; default a timestamp plus a short random suffix.
+        batch_id: names the manifest; default the run's start time and flow run id.
         strict: abort before sending anything if any row is invalid.
         max_failure_ratio: share of items allowed to fail before the run is Failed.
         resubmit_ambiguous: resend items whose earlier submit lost its answer (may pay twice).
         run_date: fills ``{date}`` in prompts; default the run's scheduled date (UTC).
+        dry_run: plan only: validate, read the ledger, print the plan; send nothing.
+        max_items: refuse to send more than this many paid submissions.
+        max_cost: refuse to spend more than this (needs FLASHGEN_PRICE_PER_IMAGE).
     """
-    summary = await run_batch(
-        rows=_rows(source, prompts), defaults=defaults, model_id=model_id,
-        bucket=bucket, prefix=prefix, concurrency=concurrency, force=force,
-        batch_id=batch_id, strict=strict, max_failure_ratio=max_failure_ratio,
-        resubmit_ambiguous=resubmit_ambiguous, run_date=run_date)
-    return _final(summary)
+    try:
+        options = BatchOptions.parse(
+            source=source, prompts=prompts, defaults=defaults, model_id=model_id,
+            bucket=bucket, prefix=prefix, concurrency=concurrency, force=force,
+            batch_id=batch_id, strict=strict, max_failure_ratio=max_failure_ratio,
+            resubmit_ambiguous=resubmit_ambiguous, run_date=run_date, dry_run=dry_run,
+            max_items=max_items, max_cost=max_cost)
+        return _final(await run_batch(options))
+    except (InputError, AuthenticationError) as exc:
+        return _refused(exc)
 
 
-@flow(name="generate-image", log_prints=True)
+@flow(name="generate-image", flow_run_name=_run_name, log_prints=True)
 async def generate_image(
     prompt: str,
     negative_prompt: str | None = None,
@@ -99,16 +212,24 @@ async def generate_image(
     bucket: str | None = None,
     prefix: str | None = None,
     force: bool = False,
-) -> BatchSummary:
+) -> BatchSummary | State:
     """Generate one image. ``inputs`` carries any further field (or another model's input)."""
     given = {"negative_prompt": negative_prompt, "aspect_ratio": aspect_ratio, "seed": seed,
              "prompt_extend": prompt_extend}
-    fields = {**(inputs or {}), "prompt": prompt, **{k: v for k, v in given.items()
-                                                      if v is not None}}
-    summary = await run_batch(rows=[Row(line=1, fields=fields)], model_id=model_id,
-                              bucket=bucket, prefix=prefix, concurrency=1, force=force,
-                              strict=True)
-    return _final(summary)
+    fields = {**(inputs or {}), "prompt": prompt,
+              **{k: v for k, v in given.items() if v is not None}}
+    try:
+        options = BatchOptions.parse(model_id=model_id, bucket=bucket, prefix=prefix,
+                                     concurrency=1, force=force, strict=True)
+        return _final(await run_batch(options, rows=[Row(line=1, fields=fields)]))
+    except (InputError, AuthenticationError) as exc:
+        return _refused(exc)
+
+
+def _refused(exc: Exception) -> State:
+    """Input (or a token) refused before anything was paid: one clear line, no traceback."""
+    get_run_logger().error("nothing sent: %s", exc)
+    return Failed(message=f"nothing sent: {exc}", data=exc)
 
 
 def _final(summary: BatchSummary) -> BatchSummary | State:
@@ -122,153 +243,180 @@ def _final(summary: BatchSummary) -> BatchSummary | State:
     return Failed(message=summary.describe() + "; " + "; ".join(summary.failures), data=summary)
 
 
-def _rows(source: str | None, prompts: list[str] | None) -> list[Row]:
-    rows = read_rows(source, read_s3=_read_s3) if source else []
-    if prompts:
-        offset = max((r.line for r in rows), default=0)
-        rows += [r.model_copy(update={"line": r.line + offset}) for r in rows_from_prompts(prompts)]
-    if not rows:
-        raise InputError("source/prompts: nothing to generate; give a prompt file or prompts",
-                         field="source")
-    return rows
-
-
-def _read_s3(uri: str) -> str:
-    """A prompt file in S3, read with the same endpoint and credentials as the output."""
-    return Store.from_settings(bucket=parse_s3_uri(uri)[0]).read_text(uri)
-
-
-async def run_batch(
-    *,
-    rows: list[Row],
-    defaults: dict[str, Any] | None = None,
-    model_id: str = DEFAULT_MODEL,
-    bucket: str | None = None,
-    prefix: str | None = None,
-    concurrency: int | None = None,
-    force: bool = False,
-    batch_id: str | None = None,
-    strict: bool = False,
-    max_failure_ratio: float = 0.0,
-    resubmit_ambiguous: bool = False,
-    run_date: str | None = None,
-    settings: Settings | None = None,
-) -> BatchSummary:
+async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
+                    settings: Settings | None = None) -> BatchSummary:
+    """Run one batch as ``options`` say (``rows`` instead of a source, for one-off calls)."""
     log = get_run_logger()
     settings = settings or get_settings()
-    started = datetime.now(UTC)
-    batch_id = batch_id or f"{started:%Y%m%dT%H%M%S}-{uuid4().hex[:6]}"
-    run_date = run_date or _scheduled_date()
-    plan = plan_batch(rows, defaults=defaults, model_id=model_id, variables={"date": run_date})
-    for line in plan.warnings:
-        log.warning(line)
-    for bad in plan.invalid:
-        log.error("line %s is invalid and will not be sent: %s", bad.line, bad.reason)
-    if strict and plan.invalid:
-        reasons = "; ".join(f"line {b.line}: {b.reason}" for b in plan.invalid)
-        raise InputError(f"strict: {len(plan.invalid)} invalid row(s), nothing sent: {reasons}")
+    batch_id = options.batch_id or _default_batch_id()
+    run_date = (options.run_date or _scheduled_date()).isoformat()
 
-    store = Store.from_settings(settings, bucket=bucket, prefix=prefix)
-    if not store.bucket:
-        raise InputError("bucket: no bucket given; pass --bucket or set FLASHGEN_BUCKET",
-                         field="bucket")
-    flow_run_id = runtime_flow_run.get_id()
-    deployment = runtime_deployment.name
-    wanted = concurrency or settings.api_concurrency
-    log.info("batch %s: %d item(s) from %d row(s), %d invalid, up to %d at the API",
-             batch_id, len(plan.items), len(rows), len(plan.invalid), wanted)
+    store = Store.from_settings(settings, bucket=options.bucket, prefix=options.prefix)
+    with tempfile.TemporaryDirectory(prefix="flashgen-run-") as workdir:
+        plan = plan_batch(rows if rows is not None else _rows(options, store, Path(workdir)),
+                          defaults=options.defaults, model_id=options.model_id,
+                          variables={"date": run_date})
+        _report_rows(plan, options.strict)
+        await asyncio.to_thread(store.check_writable)
+        counts, stored = await asyncio.to_thread(
+            census, store, plan.iter_items(), force=options.force,
+            resubmit_ambiguous=options.resubmit_ambiguous)
+        run_plan = RunPlan(rows=plan.rows, items=plan.items, invalid=len(plan.invalid),
+                           duplicates=len(plan.duplicates),
+                           price_per_image=settings.price_per_image, **counts)
+        log.info("batch %s plan:\n%s", batch_id, "\n".join(run_plan.lines()))
+        await acreate_markdown_artifact(
+            key=artifact_key("plan", batch_id), markdown=_plan_markdown(batch_id, run_plan),
+            description=f"what batch {batch_id} will do before it pays")
+        problem = run_plan.over_budget(max_items=options.max_items, max_cost=options.max_cost)
+        if problem:
+            raise BudgetError(f"{problem}; nothing sent. " + "; ".join(run_plan.lines()[-2:]))
 
-    with tempfile.TemporaryDirectory(prefix="flashgen-spool-") as spool:
         async with RunComfyClient(token=await resolve_token(settings),
                                   base_url=settings.base_url) as client:
-            rt = Runtime(client=client, store=store, settings=settings, batch_id=batch_id,
-                         spool=Path(spool), flow_run_id=flow_run_id, deployment=deployment,
-                         deadline=settings.job_deadline, force=force,
-                         resubmit_ambiguous=resubmit_ambiguous)
-            item_rows = await _run_items(rt, plan.items, wanted)
-
-    rows_out = sorted(_plan_rows(plan) + item_rows, key=lambda r: (r.line or 0))
-    manifest_uri = await asyncio.to_thread(store.put_manifest, batch_id, rows_out)
-    summary = BatchSummary.from_rows(
-        batch_id, rows_out, manifest_uri=manifest_uri, flow_run_id=flow_run_id,
-        flow_run_url=url_for("flow-run", obj_id=flow_run_id), deployment=deployment,
-        max_failure_ratio=max_failure_ratio)
+            await _check_token(client)
+            if options.dry_run:
+                return BatchSummary(batch_id=batch_id, plan=run_plan, dry_run=True,
+                                    flow_run_id=runtime_flow_run.get_id())
+            ledger = Ledger(store, Journal(settings.state_dir, scope=store.uri(store.prefix)),
+                            owner_run=runtime_flow_run.get_id(), send_lease=settings.send_lease,
+                            owner_gone=prefect_run_over)
+            ctx = BatchContext(
+                client=client, store=store, ledger=ledger, settings=settings,
+                batch_id=batch_id, spool=Path(workdir), flow_run_id=runtime_flow_run.get_id(),
+                deployment=runtime_deployment.name, force=options.force,
+                resubmit_ambiguous=options.resubmit_ambiguous,
+                budget=SubmitBudget(run_plan.submission_cap(max_items=options.max_items,
+                                                            max_cost=options.max_cost)))
+            manifest = ManifestSpool(Path(workdir) / "manifest.jsonl")
+            for row in _plan_rows(plan):
+                manifest.add(row)
+            await _run_items(ctx, plan, stored, manifest,
+                             options.concurrency or settings.api_concurrency)
+        manifest_uri = await asyncio.to_thread(
+            store.put_manifest_file, batch_id, manifest.close(), dict(manifest.counts))
+        failpoint("manifest")
+    flow_run_id = runtime_flow_run.get_id()
+    summary = BatchSummary.from_spool(
+        batch_id, manifest, manifest_uri=manifest_uri, flow_run_id=flow_run_id,
+        flow_run_url=url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None,
+        deployment=runtime_deployment.name, max_failure_ratio=options.max_failure_ratio,
+        plan=run_plan)
     log.info("%s; manifest %s", summary.describe(), manifest_uri)
-    await publish_table(summary, rows_out)
+    await publish_table(summary, summary.rows)
     emit_batch_event(summary)
     return summary
 
 
-async def _run_items(rt: Runtime, items: list[Item], wanted: int) -> list[ManifestRow]:
-    """Run every item, keeping at most ``share`` of them at the API at once."""
-    progress = BatchProgress(len(items), f"batch {rt.batch_id}")
+def _rows(options: BatchOptions, store: Store, workdir: Path) -> Iterable[Row]:
+    """The batch's rows: the prompt file (streamed) and then the inline prompts."""
+    parts = []
+    if options.source:
+        parts.append(read_rows(options.source, fetch_s3=lambda uri, path: _fetch_s3(
+            store, uri, path)))
+    if options.prompts:
+        parts.append(rows_from_prompts(options.prompts))
+    if not parts:
+        raise InputError("source/prompts: nothing to generate; give a prompt file or prompts",
+                         field="source")
+    return concat_rows(*parts)
+
+
+def _fetch_s3(store: Store, uri: str, path: Path) -> None:
+    """A prompt file in S3, read with the same endpoint and credentials as the output."""
+    bucket, _ = parse_s3_uri(uri)
+    reader = store if bucket == store.bucket else Store(
+        bucket, store.prefix, s3=store.s3)
+    reader.download(uri, path)
+
+
+def _report_rows(plan: BatchPlan, strict: bool) -> None:
+    log = get_run_logger()
+    for line in plan.warnings[:20]:
+        log.warning(line)
+    for bad in plan.invalid[:20]:
+        log.error("line %s is invalid and will not be sent: %s", bad.line, bad.reason)
+    if strict and plan.invalid:
+        reasons = "; ".join(f"line {b.line}: {b.reason}" for b in plan.invalid[:5])
+        raise InputError(f"strict: {len(plan.invalid)} invalid row(s), nothing sent: {reasons}")
+
+
+async def _check_token(client: RunComfyClient) -> None:
+    """401 for a bad token, 404 for a good one: the status of a request that cannot exist."""
+    try:
+        await client.status(_PROBE_REQUEST_ID)
+    except NotFoundError:
+        return
+    except AuthenticationError:
+        raise
+    # Any other answer (an emulator or API that knows the id): the token was accepted.
+
+
+async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: set[str],
+                     manifest: ManifestSpool, wanted: int) -> None:
+    """Run every item through a bounded pool of workers, each job in one API slot."""
+    pending = plan.items - len(stored)
+    progress = BatchProgress(plan.items, f"batch {ctx.batch_id}")
     await progress.start()
-    already = await asyncio.gather(*(asyncio.to_thread(rt.store.read_ledger, i.key)
-                                     for i in items))
-    pending = [i for i, found in zip(items, already, strict=True)
-               if rt.force or found is None or found[0].state != LedgerState.STORED]
-    wanted = min(wanted, max(len(pending), 1))
-    api_limit, submit_limit = await _read_limits(rt.settings.concurrency_limit,
+    api_limit, submit_limit = await _read_limits(ctx.settings.concurrency_limit,
                                                  SUBMIT_RATE_LIMIT)
+    wanted = min(wanted, max(pending, 1))
     limited = api_limit is not None and api_limit.active
-    # Never ask for more slots than the shared limit has, or the run would wait forever.
     share = max(1, min(wanted, api_limit.limit)) if limited else wanted
     if api_limit is None:
         get_run_logger().warning(
             "global concurrency limit %r does not exist: this run limits only itself (to %d); "
-            "`flashgen provision` creates it", rt.settings.concurrency_limit, wanted)
-    rate_limited = submit_limit is not None
-    local = asyncio.Semaphore(share)
+            "`flashgen provision` creates it", ctx.settings.concurrency_limit, wanted)
+    slots = asyncio.Semaphore(share)
+    steps = Steps.for_settings(ctx.settings)
+    items = plan.iter_items()
 
-    async def one(item: Item) -> ManifestRow:
-        row = await _run_item(rt, item, local, rate_limited)
-        await progress.advance(row.state.value)
-        return row
+    async def worker() -> None:
+        for item in items:  # one shared iterator: each worker takes the next item
+            if item.key in stored:
+                row = _row(item, ItemState.SKIPPED, "already stored")
+            else:
+                row = await _run_item(ctx, steps, item, slots, submit_limit is not None)
+            manifest.add(row)
+            await progress.advance(row.state.value)
 
-    # The shortest lease the server allows: slots of a run that died return within a minute.
-    slots = (global_slots(rt.settings.concurrency_limit, occupy=share, strict=True,
-                          lease_duration=60)
-             if limited and pending else contextlib.nullcontext())
-    async with slots:
-        return list(await asyncio.gather(*(one(item) for item in items)))
+    held = (global_slots(ctx.settings.concurrency_limit, occupy=share, strict=True,
+                         lease_duration=60)
+            if limited and pending else contextlib.nullcontext())
+    async with held:
+        # Twice the slots: a job's fetch and store overlap the next job's submit.
+        await asyncio.gather(*(worker() for _ in range(min(2 * share, max(plan.items, 1)))))
 
 
-async def _run_item(rt: Runtime, item: Item, local: asyncio.Semaphore,
+async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: asyncio.Semaphore,
                     rate_limited: bool) -> ManifestRow:
     log = get_run_logger()
     began = time.monotonic()
-    row = ManifestRow(line=item.line, key=item.key, prompt=item.inputs.get("prompt"),
-                      seed=item.inputs.get("seed"), aspect_ratio=item.inputs.get("aspect_ratio"),
-                      state=ItemState.FAILED)
+    row = _row(item, ItemState.FAILED, None)
     try:
         timings = Timings()
-        async with local:  # one API slot: held from the claim until the job is terminal
-            claim = await steps.claim(rt, item)
-            if claim.action == steps.Action.SKIP:
-                return _done(row, began, ItemState.SKIPPED, claim.reason,
-                             request_id=claim.request_id, image_uris=claim.image_uris,
-                             metadata_uri=claim.record_uri)
-            if claim.action == steps.Action.AMBIGUOUS:
-                return _done(row, began, ItemState.FAILED, claim.reason)
-            request_id = claim.request_id
-            attempts = claim.attempts
-            if claim.action == steps.Action.SUBMIT:
-                if rate_limited:
-                    await rate_limit(SUBMIT_RATE_LIMIT)
-                timings.submitted_at = datetime.now(UTC)
-                try:
-                    request_id = await steps.submit(rt, item, claim.attempts)
-                except Exception as exc:
-                    if is_transient(exc):  # retries spent, and it never reached the API
-                        await steps.release_claim(rt, item, str(exc))
-                    raise
-                attempts += 1
-            row.request_id = request_id
-            waited = await steps.wait(rt, item, request_id)
-        timings.started_at, timings.completed_at = waited.started_at, waited.completed_at
-        files = await steps.fetch(rt, request_id)
-        stored = await steps.store(rt, item, request_id, files, timings, waited.polls, attempts)
-        log.info("line %s stored %s", item.line, ", ".join(stored.image_uris))
+        async with slots:  # one API slot: held from the submit until the job is terminal
+            if rate_limited:
+                await rate_limit(SUBMIT_RATE_LIMIT)
+            sent = await steps.submit(ctx, item)
+            if sent.action == Action.SKIP:
+                return _done(row, began, ItemState.SKIPPED, sent.reason,
+                             request_id=sent.request_id, image_uris=sent.image_uris,
+                             metadata_uri=sent.record_uri)
+            if sent.action == Action.AMBIGUOUS:
+                return _done(row, began, ItemState.FAILED, sent.reason)
+            row.request_id = sent.request_id
+            timings.submitted_at = sent.submitted_at
+            finished = await steps.wait(ctx, item, sent.request_id, sent.attempts)
+        timings.started_at, timings.completed_at = finished.started_at, finished.completed_at
+        try:
+            files = await steps.fetch(ctx, item, sent.request_id)
+        except DownloadError as exc:
+            raise DownloadError(f"{exc.message}; the job is paid and its request_id kept in "
+                                "the ledger: a rerun fetches it again",
+                                request_id=sent.request_id) from exc
+        stored = await steps.store(ctx, item, sent.request_id, files, timings, finished.polls,
+                                   sent.attempts)
         return _done(row, began, ItemState.STORED, None, image_uris=stored.image_uris,
                      metadata_uri=stored.record_uris[0] if stored.record_uris else None)
     except Exception as exc:  # one item's failure is recorded, never the batch's end
@@ -276,20 +424,30 @@ async def _run_item(rt: Runtime, item: Item, local: asyncio.Semaphore,
         return _done(row, began, ItemState.FAILED, f"{type(exc).__name__}: {exc}")
 
 
+def _row(item: Item, state: ItemState, reason: str | None) -> ManifestRow:
+    return ManifestRow(line=item.line, key=item.key, prompt=item.inputs.get("prompt"),
+                       seed=item.inputs.get("seed"), aspect_ratio=item.inputs.get("aspect_ratio"),
+                       state=state, reason=reason)
+
+
 def _done(row: ManifestRow, began: float, state: ItemState, reason: str | None,
-          **fields) -> ManifestRow:
+          **fields: Any) -> ManifestRow:
     return row.model_copy(update={"state": state, "reason": reason,
                                   "seconds": round(time.monotonic() - began, 3), **fields})
 
 
-def _plan_rows(plan: BatchPlan) -> list[ManifestRow]:
-    rows = [ManifestRow(line=b.line, state=ItemState.INVALID, reason=b.reason,
-                        prompt=(b.fields or {}).get("prompt")) for b in plan.invalid]
-    rows += [ManifestRow(line=item.line, key=item.key, prompt=item.inputs.get("prompt"),
-                         seed=item.inputs.get("seed"), aspect_ratio=item.inputs.get("aspect_ratio"),
-                         state=ItemState.SKIPPED, reason=f"duplicate of line {first}")
-             for item, first in plan.duplicates]
-    return rows
+def _plan_rows(plan: BatchPlan) -> Iterator[ManifestRow]:
+    for bad in plan.invalid:
+        yield ManifestRow(line=bad.line, state=ItemState.INVALID, reason=bad.reason,
+                          prompt=bad.prompt)
+    for dup in plan.duplicates:
+        yield ManifestRow(line=dup.line, key=dup.key, prompt=dup.prompt, seed=dup.seed,
+                          aspect_ratio=dup.aspect_ratio, state=ItemState.SKIPPED,
+                          reason=f"duplicate of line {dup.first_line}")
+
+
+def _plan_markdown(batch_id: str, plan: RunPlan) -> str:
+    return f"# Plan of batch {batch_id}\n\n```\n" + "\n".join(plan.lines()) + "\n```\n"
 
 
 async def _read_limits(*names: str) -> list[GlobalConcurrencyLimitResponse | None]:
@@ -304,6 +462,6 @@ async def _read_limits(*names: str) -> list[GlobalConcurrencyLimitResponse | Non
         return [await read(name) for name in names]
 
 
-def _scheduled_date() -> str:
+def _scheduled_date() -> date:
     scheduled = runtime_flow_run.scheduled_start_time
-    return (scheduled or datetime.now(UTC)).strftime("%Y-%m-%d")
+    return (scheduled or datetime.now(UTC)).astimezone(UTC).date()

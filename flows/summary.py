@@ -6,6 +6,8 @@ from prefect.artifacts import acreate_table_artifact
 from prefect.events import emit_event
 from pydantic import BaseModel
 
+from flashgen.manifest import ManifestSpool
+from flashgen.plan import RunPlan
 from flashgen.records import ItemState, ManifestRow
 from flows.events import BATCH_COMPLETED, BATCH_FAILED
 
@@ -26,7 +28,9 @@ class BatchSummary(BaseModel):
     flow_run_url: str | None = None
     deployment: str | None = None
     max_failure_ratio: float = 0.0
-    rows: list[ManifestRow] = []  # one per input, as in the manifest
+    rows: list[ManifestRow] = []  # one per input in line order (the first 1,000 of a batch)
+    plan: RunPlan | None = None  # what the run set out to do, before it paid
+    dry_run: bool = False  # planned only: nothing was sent
 
     @property
     def failure_ratio(self) -> float:
@@ -37,8 +41,22 @@ class BatchSummary(BaseModel):
         return (self.failed + self.invalid) == 0 or self.failure_ratio <= self.max_failure_ratio
 
     def describe(self) -> str:
+        if self.dry_run and self.plan:
+            return (f"batch {self.batch_id} (dry run, nothing sent): {self.plan.to_send} new "
+                    f"paid submission(s) of {self.plan.items} item(s)")
         return (f"batch {self.batch_id}: {self.stored} stored, {self.skipped} skipped, "
                 f"{self.failed} failed, {self.invalid} invalid of {self.total}")
+
+    @classmethod
+    def from_spool(cls, batch_id: str, spool: ManifestSpool, **fields) -> BatchSummary:
+        count = spool.counts
+        return cls(batch_id=batch_id, total=spool.total, stored=count[ItemState.STORED],
+                   skipped=count[ItemState.SKIPPED], failed=count[ItemState.FAILED],
+                   invalid=count[ItemState.INVALID],
+                   image_uris=[u for r in spool.rows if r.state == ItemState.STORED
+                               for u in r.image_uris],
+                   failures=spool.failures,
+                   rows=sorted(spool.rows, key=lambda r: r.line or 0), **fields)
 
     @classmethod
     def from_rows(cls, batch_id: str, rows: list[ManifestRow], **fields) -> BatchSummary:
@@ -59,7 +77,7 @@ async def publish_table(summary: BatchSummary, rows: list[ManifestRow]) -> None:
               "s3_uri": (r.image_uris or [""])[0], "seconds": r.seconds,
               "reason": r.reason or ""} for r in rows]
     await acreate_table_artifact(
-        key=f"batch-{_slug(summary.batch_id)}", table=table,
+        key=artifact_key("batch", summary.batch_id), table=table,
         description=summary.describe() + (f"\n\nmanifest: {summary.manifest_uri}"
                                           if summary.manifest_uri else ""))
 
@@ -79,7 +97,7 @@ def emit_batch_event(summary: BatchSummary) -> None:
     )
 
 
-def _slug(text: str) -> str:
-    """Artifact keys allow lowercase letters, digits and dashes only."""
-    out = "".join(c if c.isalnum() else "-" for c in text.lower())
-    return "-".join(filter(None, out.split("-")))[:100] or "batch"
+def artifact_key(kind: str, batch_id: str) -> str:
+    """``kind-<batch id>`` as artifact keys allow: lowercase letters, digits and dashes."""
+    out = "".join(c if c.isalnum() else "-" for c in f"{kind}-{batch_id}".lower())
+    return "-".join(filter(None, out.split("-")))[:100]

@@ -1,68 +1,64 @@
-"""The four steps of one generation as Prefect tasks: submit, wait, fetch, store.
+"""The four steps of one generation as Prefect tasks: submit, wait until complete, fetch, store.
 
-Each step is thin: the client and the store do the work, the task adds retries (transient
-errors only) and records every outcome in the S3 ledger, so a retry, a rerun or a second
-worker knows what has been paid for. ``claim`` decides, from the ledger, whether an item is
-to be submitted, resumed from a known request_id, skipped, or left alone as ambiguous.
+Each task is thin: ``flashgen.ledger`` decides what may be paid for, the client talks to
+the API, the store writes S3; the task adds Prefect's retries (transient errors only, see
+``tasks.policy``) and a run name that says which line it works on. ``Steps.for_settings``
+binds the run's settings (timeouts, retry delay) to the tasks once per flow run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
-import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-from PIL import Image
-from prefect import get_run_logger, task
-from prefect.runtime import task_run
+from prefect import Task, task
 from pydantic import BaseModel
 
 from flashgen import timing
+from flashgen.decode import verify_output
+from flashgen.failpoints import failpoint
 from flashgen.errors import (
     AmbiguousSubmissionError,
     FlashgenError,
     JobCancelledError,
     JobDeadlineError,
     JobError,
-    StorageError,
 )
+from flashgen.ledger import WAIT_FOR_SENDER, Action, ItemRef
 from flashgen.models import CancelOutcome, JobState
-from flashgen.records import ImageRecord, LedgerEntry, LedgerState, Timings
-from flashgen.settings import get_settings
+from flashgen.records import ImageRecord, Timings
+from flashgen.settings import Settings
 from flashgen.sources import Item
+from tasks.context import BatchContext
 from tasks.policy import task_options
-from tasks.runtime import Runtime
 
 
-class Action(StrEnum):
-    SUBMIT = "submit"  # we hold a fresh claim: send it
-    RESUME = "resume"  # a request_id is known: poll it, never resend
-    SKIP = "skip"  # already stored
-    AMBIGUOUS = "ambiguous"  # maybe sent, answer lost: not resent unless asked
+class Submission(BaseModel):
+    """What the submit step settled: a request_id to follow, or why there is none."""
 
-
-class Claim(BaseModel):
-    action: Action
+    action: Action  # SEND (sent now), RESUME, SKIP or AMBIGUOUS
     request_id: str | None = None
-    attempts: int = 0
+    attempts: int = 0  # submits ever sent for this item
     reason: str | None = None
-    record_uri: str | None = None
+    record_uri: str | None = None  # SKIP: what is already stored
     image_uris: list[str] = []
+    submitted_at: datetime | None = None
 
 
-class Waited(BaseModel):
-    request_id: str
+class JobFinished(BaseModel):
     polls: int
     started_at: datetime | None = None
     completed_at: datetime
 
 
-class Fetched(BaseModel):
+class FetchedFile(BaseModel):
+    """One verified output waiting in the spool folder; hashed once, here."""
+
     path: str
     content_type: str
     size: int
@@ -72,7 +68,7 @@ class Fetched(BaseModel):
     source_host: str | None = None
 
 
-class Stored(BaseModel):
+class StoredFiles(BaseModel):
     image_uris: list[str]
     record_uris: list[str]
 
@@ -81,201 +77,152 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _entry(rt: Runtime, item: Item, state: LedgerState, **fields) -> LedgerEntry:
-    return LedgerEntry(key=item.key, model=item.model_id, inputs=item.inputs, state=state,
-                       owner=rt.owner, **fields)
+def item_ref(ctx: BatchContext, item: Item) -> ItemRef:
+    return ItemRef(fingerprint=item.key, model=item.model_id, inputs=item.inputs,
+                   batch_id=ctx.batch_id)
 
 
-async def _write(rt: Runtime, entry: LedgerEntry, *, attempts: int = 5) -> None:
-    """Write our own ledger entry, insisting: it may hold the only copy of a request_id."""
-    for attempt in range(attempts):
-        try:
-            await asyncio.to_thread(rt.store.write_ledger, entry)
-            return
-        except StorageError:
-            if attempt == attempts - 1:
-                raise
-            await timing.sleep(0.5 * 2**attempt)
-
-
-@task(name="claim", task_run_name="claim-line-{item.line}", **task_options(timeout_seconds=600))
-async def claim(rt: Runtime, item: Item) -> Claim:
-    """Decide from the ledger what to do with ``item``, taking the claim if it is ours to send."""
-    log = get_run_logger()
+@task(name="submit", task_run_name="submit-line-{item.line}", **task_options())
+async def submit(ctx: BatchContext, item: Item) -> Submission:
+    """Ask the ledger, and send the job only if it says so; record its request_id at once."""
+    ref = item_ref(ctx, item)
+    ledger = ctx.ledger
+    failpoint("claim")
     while True:
-        lease_until = time.time() + rt.settings.claim_ttl
-        fresh = _entry(rt, item, LedgerState.CLAIMED, lease_until=lease_until)
-        # Most items are new: try the conditional create first, read only if it exists.
-        if await asyncio.to_thread(rt.store.claim, fresh):
-            return Claim(action=Action.SUBMIT)
-        found = await asyncio.to_thread(rt.store.read_ledger, item.key)
-        if found is None:
-            continue  # it vanished between our put and our read: try again
-        entry, etag = found
-        fresh.attempts = entry.attempts
-        state = entry.state
-        if state == LedgerState.SUBMITTED and entry.request_id:
-            return Claim(action=Action.RESUME, request_id=entry.request_id, attempts=entry.attempts)
-        if state == LedgerState.STORED and not rt.force:
-            return Claim(action=Action.SKIP, request_id=entry.request_id, reason="already stored",
-                         record_uri=entry.record_uri, image_uris=entry.image_uris)
-        if state == LedgerState.CLAIMED and (entry.lease_until or 0) > time.time():
-            await timing.sleep(0.5)  # its owner is sending it right now; see what comes of it
-            continue
-        if state == LedgerState.CLAIMED:
-            # The owner died between claiming and recording an answer: it may have sent it.
-            entry.state, entry.error = LedgerState.AMBIGUOUS, (
-                f"claim by {entry.owner} expired without a request_id; the submit may have "
-                "reached the API")
-            if not await asyncio.to_thread(rt.store.replace_ledger, entry, etag):
-                continue
-            log.warning("item %s (line %s): %s", item.key, item.line, entry.error)
-            found = await asyncio.to_thread(rt.store.read_ledger, item.key)
-            if found is None:
-                continue
-            entry, etag = found
-            state = entry.state
-        if state == LedgerState.AMBIGUOUS and not rt.resubmit_ambiguous:
-            return Claim(action=Action.AMBIGUOUS, attempts=entry.attempts,
-                         reason=f"ambiguous submission, not resent: {entry.error}")
-        # STORED with force, FAILED (nothing paid came of it), or AMBIGUOUS on request:
-        if await asyncio.to_thread(rt.store.replace_ledger, fresh, etag):
-            if state != LedgerState.FAILED:
-                log.info("item %s (line %s): resubmitting a %s item as asked", item.key,
-                         item.line, state)
-            return Claim(action=Action.SUBMIT, attempts=entry.attempts)
-
-
-# A submit cut off by its timeout stays claimed without a request_id: it turns ambiguous,
-# never resent, exactly like a crash in the same place.
-@task(name="submit", task_run_name="submit-line-{item.line}",
-      **task_options(timeout_seconds=get_settings().claim_ttl))
-async def submit(rt: Runtime, item: Item, attempts: int) -> str:
-    """Send the job and record its request_id before anything else happens.
-
-    A failure known not to have reached the API leaves our claim in place for the task's
-    retry (its lease renewed first); one that may have reached it is recorded as ambiguous.
-    """
-    log = get_run_logger()
-    if task_run.get_run_count() > 1:
-        await _renew_claim(rt, item)
+        decision = await asyncio.to_thread(ledger.decide, ref, force=ctx.force,
+                                           resubmit_ambiguous=ctx.resubmit_ambiguous)
+        if decision.action != Action.WAIT:
+            break
+        await timing.sleep(WAIT_FOR_SENDER)  # another run is sending it: see what comes
+    if decision.action != Action.SEND:
+        entry = decision.entry
+        return Submission(action=decision.action, request_id=decision.request_id,
+                          attempts=decision.attempts, reason=decision.reason,
+                          record_uri=entry.record_uri if entry else None,
+                          image_uris=entry.image_uris if entry else [])
+    before = decision.attempts
     try:
-        handle = await rt.client.submit(item.model_id, item.inputs)
-    except AmbiguousSubmissionError as exc:
-        await _write(rt, _entry(rt, item, LedgerState.AMBIGUOUS, attempts=attempts + 1,
-                                error=str(exc)))
-        raise
+        ctx.budget.spend()
     except FlashgenError as exc:
-        if not exc.transient:  # refused (token, input, account): nothing was paid
-            await _write(rt, _entry(rt, item, LedgerState.FAILED, attempts=attempts,
-                                    error=str(exc)))
+        await asyncio.to_thread(ledger.record_unsent, ref, str(exc), before)
         raise
-    await _write(rt, _entry(rt, item, LedgerState.SUBMITTED, request_id=handle.request_id,
-                            attempts=attempts + 1))
-    log.info("submitted line %s as %s", item.line, handle.request_id)
-    return handle.request_id
+    submitted_at = _now()
+    try:
+        handle = await ctx.client.submit(item.model_id, item.inputs)
+    except AmbiguousSubmissionError as exc:
+        await asyncio.to_thread(ledger.record_ambiguous, ref, str(exc), before + 1)
+        raise
+    except FlashgenError as exc:  # refused, or never delivered: no job exists
+        ctx.budget.refund()
+        await asyncio.to_thread(ledger.record_unsent, ref, str(exc), before)
+        raise
+    # Anything else (a cancel, a timeout mid-POST) leaves 'sending' for its lease to settle.
+    failpoint("sending")
+    await asyncio.to_thread(ledger.record_submitted, ref, handle.request_id, before + 1)
+    failpoint("submitted")
+    return Submission(action=Action.SEND, request_id=handle.request_id, attempts=before + 1,
+                      submitted_at=submitted_at)
 
 
-async def _renew_claim(rt: Runtime, item: Item) -> None:
-    """Before a retried submit: the claim must still be ours, with a fresh lease."""
-    found = await asyncio.to_thread(rt.store.read_ledger, item.key)
-    if found is not None and found[0].owner == rt.owner and found[0].state == LedgerState.CLAIMED:
-        entry, etag = found
-        entry.lease_until = time.time() + rt.settings.claim_ttl
-        if await asyncio.to_thread(rt.store.replace_ledger, entry, etag):
-            return
-    raise StorageError(f"claim on {item.key} was lost before the submit could be retried; "
-                       "not sending it")
-
-
-async def release_claim(rt: Runtime, item: Item, reason: str) -> None:
-    """Mark an unsent claim of ours failed, so a later run may submit the item."""
-    found = await asyncio.to_thread(rt.store.read_ledger, item.key)
-    if found is not None and found[0].owner == rt.owner and found[0].state == LedgerState.CLAIMED:
-        entry, etag = found
-        entry.state, entry.error = LedgerState.FAILED, reason
-        await asyncio.to_thread(rt.store.replace_ledger, entry, etag)
-
-
-# A backstop only: the wait itself stops at the job deadline and cancels what is queued.
-@task(name="wait-until-complete", task_run_name="wait-line-{item.line}",
-      **task_options(timeout_seconds=get_settings().job_deadline + 300))
-async def wait(rt: Runtime, item: Item, request_id: str) -> Waited:
+@task(name="wait-until-complete", task_run_name="wait-line-{item.line}", **task_options())
+async def wait(ctx: BatchContext, item: Item, request_id: str, attempts: int) -> JobFinished:
     """Poll until the job is terminal. At the deadline a queued job is cancelled at the API."""
     polls = 0
     started_at: datetime | None = None
+    deadline = ctx.settings.job_deadline
 
-    def seen(status) -> None:
+    def seen(status: Any) -> None:
         nonlocal polls, started_at
         polls += 1
+        failpoint("waiting")
         if started_at is None and status.state == JobState.RUNNING:
             started_at = _now()
 
+    ref = item_ref(ctx, item)
     try:
-        await rt.client.wait(request_id, timeout=rt.deadline, on_status=seen)
+        await ctx.client.wait(request_id, timeout=deadline, on_status=seen)
     except JobDeadlineError:
-        outcome = await rt.client.cancel(request_id)
-        if outcome == CancelOutcome.CANCELLED:
-            await _fail(rt, item, request_id, f"still queued after {rt.deadline:.0f}s: cancelled")
-            raise JobCancelledError(f"still queued after {rt.deadline:.0f}s: cancelled at the API",
-                                    request_id=request_id) from None
-        # Running (or just finished): the ledger keeps the request_id, a rerun resumes it.
-        raise
+        if await ctx.client.cancel(request_id) == CancelOutcome.CANCELLED:
+            reason = f"still queued after {deadline:.0f}s: cancelled at the API"
+            await asyncio.to_thread(ctx.ledger.record_failed, ref, request_id, reason, attempts)
+            raise JobCancelledError(reason, request_id=request_id) from None
+        raise  # running (or just finished): the ledger keeps the request_id for a rerun
     except JobError as exc:
-        await _fail(rt, item, request_id, str(exc))
+        await asyncio.to_thread(ctx.ledger.record_failed, ref, request_id, str(exc), attempts)
         raise
-    return Waited(request_id=request_id, polls=polls, started_at=started_at,
-                  completed_at=_now())
+    return JobFinished(polls=polls, started_at=started_at, completed_at=_now())
 
 
-async def _fail(rt: Runtime, item: Item, request_id: str, reason: str) -> None:
-    await _write(rt, _entry(rt, item, LedgerState.FAILED, request_id=request_id, error=reason))
+@task(name="fetch", task_run_name="fetch-line-{item.line}", **task_options())
+async def fetch(ctx: BatchContext, item: Item, request_id: str) -> list[FetchedFile]:
+    """Download every output (no token sent), decode it fully, spool it.
 
-
-@task(name="fetch", task_run_name="fetch-{request_id}", **task_options(timeout_seconds=900))
-async def fetch(rt: Runtime, request_id: str) -> list[Fetched]:
-    """Download every output (no token sent) into the run's spool folder."""
-    downloads = await rt.client.fetch_outputs(request_id)
+    A file that does not decode is a transient error: the retry fetches it again from the
+    request_id (the job is paid; it is never resubmitted).
+    """
     fetched = []
-    for index, download in enumerate(downloads):
-        path = Path(rt.spool) / f"{request_id}-{index}"
+    for index, download in enumerate(await ctx.client.fetch_outputs(request_id)):
+        size = verify_output(download.content, download.content_type, request_id=request_id)
+        path = Path(ctx.spool) / f"{request_id}-{index}"
         await asyncio.to_thread(path.write_bytes, download.content)
-        width = height = None
-        if download.content_type.startswith("image/"):
-            with Image.open(io.BytesIO(download.content)) as image:
-                width, height = image.size
-        fetched.append(Fetched(
+        fetched.append(FetchedFile(
             path=str(path), content_type=download.content_type, size=len(download.content),
-            sha256=hashlib.sha256(download.content).hexdigest(), width=width, height=height,
+            sha256=hashlib.sha256(download.content).hexdigest(),
+            width=size[0] if size else None, height=size[1] if size else None,
             source_host=urlsplit(download.uri).hostname))
+    failpoint("fetched")
     return fetched
 
 
-@task(name="store", task_run_name="store-line-{item.line}", **task_options(timeout_seconds=900))
-async def store(rt: Runtime, item: Item, request_id: str, files: list[Fetched],
-                timings: Timings, polls: int, attempts: int) -> Stored:
+@task(name="store", task_run_name="store-line-{item.line}", **task_options())
+async def store(ctx: BatchContext, item: Item, request_id: str, files: list[FetchedFile],
+                timings: Timings, polls: int, attempts: int) -> StoredFiles:
     """Put each file and its metadata record in S3, then mark the ledger stored."""
     when = _now()
     image_uris, record_uris = [], []
     for index, file in enumerate(files):
         data = await asyncio.to_thread(Path(file.path).read_bytes)
-        obj = await asyncio.to_thread(rt.store.put_image, item.key, data, file.content_type,
-                                      when=when, index=index)
-        if obj.sha256 != file.sha256:
-            raise StorageError(f"checksum changed between fetch and store for {obj.uri}",
-                               request_id=request_id)
+        # S3 checks the bytes against the SHA-256 taken at fetch time: one hash per image.
+        obj = await asyncio.to_thread(ctx.store.put_image, item.key, data, file.content_type,
+                                      when=when, index=index, sha256=file.sha256)
         record = ImageRecord(
             key=item.key, model=item.model_id, inputs=item.inputs, request_id=request_id,
             image_uri=obj.uri, content_type=file.content_type, size=obj.size, sha256=obj.sha256,
             width=file.width, height=file.height, output_index=index,
             source_host=file.source_host, timings=timings.model_copy(update={"stored_at": _now()}),
-            polls=polls, attempts=attempts, batch_id=rt.batch_id, flow_run_id=rt.flow_run_id,
-            deployment=rt.deployment)
-        record_uris.append(await asyncio.to_thread(rt.store.put_record, record, when=when))
+            polls=polls, attempts=attempts, batch_id=ctx.batch_id, flow_run_id=ctx.flow_run_id,
+            deployment=ctx.deployment)
+        record_uris.append(await asyncio.to_thread(ctx.store.put_record, record, when=when))
         image_uris.append(obj.uri)
-    await _write(rt, _entry(rt, item, LedgerState.STORED, request_id=request_id,
-                            attempts=attempts, record_uri=record_uris[0] if record_uris else None,
-                            image_uris=image_uris))
+    await asyncio.to_thread(ctx.ledger.record_stored, item_ref(ctx, item), request_id, attempts,
+                            record_uri=record_uris[0] if record_uris else None,
+                            image_uris=image_uris)
     for file in files:
         Path(file.path).unlink(missing_ok=True)
-    return Stored(image_uris=image_uris, record_uris=record_uris)
+    failpoint("stored")
+    return StoredFiles(image_uris=image_uris, record_uris=record_uris)
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The four tasks with one run's settings bound (timeouts and retry delay)."""
+
+    submit: Task
+    wait: Task
+    fetch: Task
+    store: Task
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Steps:
+        delay = settings.task_retry_delay
+
+        def bind(step: Task, timeout: float) -> Task:
+            return step.with_options(**task_options(retry_delay=delay, timeout_seconds=timeout))
+
+        # Timeouts are backstops: the client bounds each call and the wait its deadline.
+        return cls(
+            submit=bind(submit, settings.send_lease * 4),
+            wait=bind(wait, settings.job_deadline + 300),
+            fetch=bind(fetch, 900),
+            store=bind(store, 900),
+        )

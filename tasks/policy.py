@@ -1,4 +1,14 @@
-"""The retry policy every flashgen task shares: transient errors only, backoff with jitter."""
+"""The retry policy every flashgen task shares: transient errors only, backoff with jitter.
+
+Which layer retries what (one layer per concern):
+
+- an HTTP call is retried by the client (its own table, ``flashgen.client``);
+- an S3 call by botocore (standard mode, 5 attempts); a request_id by the ledger as well
+  (``flashgen.ledger.RECORD_ATTEMPTS``), because it may be the only copy;
+- a task is retried by Prefect (``RETRIES`` times) only when its error is transient and a
+  retry cannot pay twice: the submit task asks the ledger first, so its retry resumes a
+  known request_id instead of resending.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +18,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from flashgen.errors import JobError, is_transient
-from flashgen.settings import get_settings
+
+RETRIES = 3
 
 
 async def only_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -24,17 +35,17 @@ async def only_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def task_options(**overrides: Any) -> dict[str, Any]:
-    """Keyword arguments for ``@task``: retries on transient errors, no caching of inputs.
+def task_options(*, retry_delay: float = 2.0, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for ``@task`` or ``Task.with_options``: retries on transient errors.
 
-    Caching is off because idempotency lives in the S3 ledger, which survives crashes
-    that a result cache does not (see DESIGN.md, "Never pay twice").
+    Caching is off and results stay in memory only: idempotency lives in the S3 ledger,
+    which survives crashes that a result cache does not.
     """
-    delay = get_settings().task_retry_delay
     options: dict[str, Any] = {
-        "retries": 3,
-        "retry_delay_seconds": exponential_backoff(backoff_factor=delay) if delay else 0,
-        "retry_jitter_factor": 0.5 if delay else None,
+        "retries": RETRIES,
+        "retry_delay_seconds": (exponential_backoff(backoff_factor=retry_delay)
+                                if retry_delay else 0),
+        "retry_jitter_factor": 0.5 if retry_delay else None,
         "retry_condition_fn": only_transient,
         "cache_policy": NO_CACHE,
         "persist_result": False,

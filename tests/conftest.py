@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 import urllib.request
 
 # Before anything imports Prefect: its own home (no results or DB leak between runs), no
@@ -11,14 +15,17 @@ import urllib.request
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="flashgen-prefect-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ["FLASHGEN_TASK_RETRY_DELAY"] = "0"
+# The local journal of request_ids: never the developer's own state folder.
+os.environ.setdefault("FLASHGEN_STATE_DIR", tempfile.mkdtemp(prefix="flashgen-state-"))
 
 import boto3
+import httpx
 import pytest
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from flashgen.storage import Store
-from infra.stack import make_moto_puts_atomic
+from infra.stack import free_port, make_moto_puts_atomic
 
 @pytest.fixture(scope="session")
 def prefect_server():
@@ -82,3 +89,42 @@ def moto_server(aws_env, moto_atomic_puts):
         reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
         urllib.request.urlopen(reset, timeout=10).close()
         server.stop()
+
+
+def wait_for(check, timeout: float, every: float = 0.25):
+    """Poll ``check`` until it is true; TimeoutError after ``timeout`` seconds (a backstop)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(every)
+    raise TimeoutError("condition not met in time")
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """`prefect server start` as its own process (SQLite), shared by the whole session."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+         str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 240)
+        subprocess.run([sys.executable, "-m", "prefect", "gcl", "create", "runcomfy-api",
+                        "--limit", "4"], env={**env, "PREFECT_API_URL": url}, check=True,
+                       capture_output=True)
+        yield {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+

@@ -24,7 +24,7 @@ ROUTE_KINDS: dict[str, tuple[str, ...]] = {
     "status": _HTTP_KINDS,
     "result": _HTTP_KINDS,
     "cancel": _HTTP_KINDS,
-    "file": (*_HTTP_KINDS, "expired"),
+    "file": (*_HTTP_KINDS, "expired", "corrupt"),
     "job": ("stall", "fail"),
 }
 ROUTES = tuple(ROUTE_KINDS)

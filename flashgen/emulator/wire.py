@@ -3,8 +3,9 @@
     return await answer(emulator, "status", lambda: JSONResponse(emulator.status(...)))
 
 ``429``, ``5xx``, ``expired`` and ``drop`` answer instead of the route, which then never
-runs. ``lost-answer``, ``malformed`` and ``slow`` let the route do its work (a submit
-creates its job) and then spoil, lose or delay the answer.
+runs. ``lost-answer``, ``malformed`` (half the body), ``corrupt`` (a file's bytes flipped,
+its length right) and ``slow`` let the route do its work (a submit creates its job) and
+then spoil, lose or delay the answer.
 
 A dropped answer sends its headers with a ``Content-Length`` and then raises
 ``DroppedConnection``: uvicorn closes the socket without the body, so a client sees
@@ -85,6 +86,12 @@ async def answer(
         # Half the body: JSON that does not parse, a PNG that does not decode.
         body = bytes(response.body)
         return Response(body[: len(body) // 2], 200, media_type=response.media_type)
+    if kind == "corrupt":
+        # Every byte arrives, some of them wrong: the length matches, the image does not.
+        body = bytearray(response.body)
+        middle = len(body) // 2
+        body[middle:middle + 64] = bytes(b ^ 0x5A for b in body[middle:middle + 64])
+        return Response(bytes(body), 200, media_type=response.media_type)
     if kind == "slow":
         await asyncio.sleep(config.slow_seconds)
     return response

@@ -32,14 +32,14 @@ def emulator(emulator_config):
 
 
 @pytest.fixture
-def pipeline(prefect_server, emulator, monkeypatch):
+def pipeline(prefect_server, emulator, monkeypatch, tmp_path):
     """Environment for one in-process flow run; yields the store to read results from."""
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1", "RUNCOMFY_BASE_URL": emulator.url,
         "RUNCOMFY_API_TOKEN": TOKEN, "FLASHGEN_BUCKET": BUCKET, "FLASHGEN_PREFIX": "t",
         "FLASHGEN_POLL_INITIAL": "0.05", "FLASHGEN_POLL_MAXIMUM": "0.2",
-        "FLASHGEN_CLAIM_TTL": "2",
+        "FLASHGEN_SEND_LEASE": "2", "FLASHGEN_STATE_DIR": str(tmp_path / "state"),
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)

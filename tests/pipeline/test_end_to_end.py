@@ -14,41 +14,17 @@ import time
 from pathlib import Path
 
 import boto3
-import httpx
 import pytest
 
 from flashgen.emulator import EmulatorConfig, EmulatorServer
 from flashgen.records import ImageRecord, LedgerEntry, LedgerState
-from infra.stack import MotoS3, free_port
+from infra.stack import MotoS3
+from tests.conftest import wait_for as _wait_for
 
 pytestmark = pytest.mark.slow
 TOKEN = "e2e-token-abcdefghijklmnop"
 BUCKET = "flashgen-e2e"
 FLASHGEN = [sys.executable, "-m", "flashgen.cli"]
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """`prefect server start` as its own process (SQLite), for every run in this module."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-         str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        _wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 90)
-        subprocess.run([sys.executable, "-m", "prefect", "gcl", "create", "runcomfy-api",
-                        "--limit", "4"], env={**env, "PREFECT_API_URL": url}, check=True,
-                       capture_output=True)
-        yield {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +35,7 @@ def s3_server():
 
 
 @pytest.fixture
-def stack(prefect_api, s3_server, request):
+def stack(prefect_api, s3_server, request, tmp_path):
     config = getattr(request, "param", None) or EmulatorConfig(
         workers=8, job_time=0.5, tokens=[TOKEN])
     prefix = f"run-{request.node.name[:40]}".replace("[", "-").replace("]", "")
@@ -67,7 +43,8 @@ def stack(prefect_api, s3_server, request):
         env = {**os.environ, **prefect_api, **s3_server.env, "RUNCOMFY_BASE_URL": api.url,
                "RUNCOMFY_API_TOKEN": TOKEN, "FLASHGEN_BUCKET": BUCKET, "FLASHGEN_PREFIX": prefix,
                "FLASHGEN_POLL_INITIAL": "0.1", "FLASHGEN_POLL_MAXIMUM": "0.5",
-               "FLASHGEN_CLAIM_TTL": "10", "PREFECT_LOGGING_LEVEL": "WARNING"}
+               "FLASHGEN_SEND_LEASE": "10", "FLASHGEN_STATE_DIR": str(tmp_path / "state"),
+               "PREFECT_LOGGING_LEVEL": "WARNING"}
         s3 = boto3.client("s3", endpoint_url=s3_server.url, **_creds())
         yield api, env, s3, prefix
 
@@ -75,18 +52,6 @@ def stack(prefect_api, s3_server, request):
 def _creds():
     return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
             "region_name": "us-east-1"}
-
-
-def _wait_for(check, timeout: float, every: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        time.sleep(every)
-    raise TimeoutError("condition not met in time")
 
 
 def _keys(s3, prefix: str) -> list[str]:

@@ -197,21 +197,22 @@ async def test_unsent_submit_releases_its_claim_for_a_later_run(pipeline, emulat
     assert state.is_completed() and emulator.stats()["submissions"] == 1
 
 
-async def test_a_rejected_token_fails_clearly_and_is_never_logged(pipeline, emulator,
-                                                                   monkeypatch):
+async def test_a_rejected_token_fails_before_anything_is_sent_and_is_never_logged(
+        pipeline, emulator, monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    from flashgen.errors import AuthenticationError
     from flashgen.settings import get_settings
 
     wrong = "wrong-token-do-not-leak-4242"
     monkeypatch.setenv("RUNCOMFY_API_TOKEN", wrong)
     get_settings.cache_clear()
-    state, summary = await _run(prompts=PROMPTS[:2])
-    assert state.is_failed() and summary.failed == 2
-    assert "AuthenticationError" in summary.rows[0].reason and wrong not in state.message
-    entry, _ = pipeline.read_ledger(summary.rows[0].key)
-    assert entry.state == LedgerState.FAILED and entry.request_id is None  # nothing was paid
+    state, error = await _run(prompts=PROMPTS[:2])
+    assert state.is_failed() and isinstance(error, AuthenticationError)
+    assert wrong not in state.message and wrong not in str(error)
+    assert emulator.stats()["submissions"] == 0  # the token is tried for free first
+    assert _objects(pipeline, "ledger/") == []
     from prefect.logging.handlers import APILogHandler
 
     await APILogHandler.aflush()  # logs reach the server in batches
@@ -221,5 +222,3 @@ async def test_a_rejected_token_fails_clearly_and_is_never_logged(pipeline, emul
     assert logs and not any(wrong in log.message for log in logs)
     assert any("AuthenticationError" in log.message or "rejected" in log.message
                for log in logs)
-    manifest = "".join(pipeline.read_text(k) for k in _objects(pipeline, "manifests/"))
-    assert wrong not in manifest and TOKEN not in manifest

@@ -1,0 +1,51 @@
+"""A batch's manifest, written as it runs: one row per input, spooled to disk, not held.
+
+``ManifestSpool`` appends each finished row to a local JSONL file and keeps only what a
+summary needs (counts, the first failures, the first ``keep`` rows for a table), so a
+batch of any size runs in bounded memory. ``Store.put_manifest_file`` uploads the spool.
+
+    >>> import tempfile; from pathlib import Path
+    >>> spool = ManifestSpool(Path(tempfile.mkdtemp()) / "m.jsonl")
+    >>> spool.add(ManifestRow(line=1, state=ItemState.STORED))
+    >>> spool.add(ManifestRow(line=2, state=ItemState.FAILED, reason="job failed"))
+    >>> spool.counts[ItemState.STORED], spool.failures
+    (1, ['line 2: job failed'])
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from flashgen.records import ItemState, ManifestRow
+
+FIRST_FAILURES = 5
+
+
+class ManifestSpool:
+    def __init__(self, path: Path, *, keep: int = 1000) -> None:
+        self.path = Path(path)
+        self.keep = keep
+        self.counts: Counter[ItemState] = Counter()
+        self.failures: list[str] = []  # "line N: reason", the first few
+        self.rows: list[ManifestRow] = []  # the first ``keep`` rows, for tables
+        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, row: ManifestRow) -> None:
+        self._file.write(row.model_dump_json() + "\n")
+        self.counts[row.state] += 1
+        if row.state in (ItemState.FAILED, ItemState.INVALID) and (
+                len(self.failures) < FIRST_FAILURES):
+            self.failures.append(f"line {row.line}: {row.reason}")
+        if len(self.rows) < self.keep:
+            self.rows.append(row)
+
+    def close(self) -> Path:
+        """Flush the file; returns its path (rows in completion order; ``line`` orders them)."""
+        if not self._file.closed:
+            self._file.close()
+        return self.path

@@ -1,0 +1,118 @@
+"""The plan of a run before it pays: what the rows ask for, what the ledger already has.
+
+``census`` reads the ledger entry of every planned item (a bounded number at a time) and
+``RunPlan`` says what a run would do: skip what is stored, resume what is in flight,
+leave ambiguous items alone, and send the rest — with the estimated cost when the user
+gave a price (``FLASHGEN_PRICE_PER_IMAGE``). A dry run prints it and stops; a real run
+logs it, puts it in an artifact and checks it against ``--max-items`` / ``--max-cost``.
+
+    >>> plan = RunPlan(rows=3, items=4, invalid=1, to_send=4, price_per_image=0.02)
+    >>> plan.estimated_cost, plan.over_budget(max_items=3, max_cost=None)
+    (0.08, 'plan: 4 new paid submission(s), over --max-items 3')
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from pydantic import BaseModel
+
+from flashgen.records import LedgerState
+from flashgen.sources import Item
+from flashgen.storage import Store
+
+LEDGER_READERS = 16  # ledger reads in flight at once (boto3's pool holds 32)
+
+
+class RunPlan(BaseModel):
+    rows: int = 0
+    items: int = 0  # unique valid items after expansion
+    invalid: int = 0
+    duplicates: int = 0
+    stored: int = 0  # already stored: skipped (unless --force)
+    in_flight: int = 0  # a request_id is known: polled, not paid again
+    ambiguous: int = 0  # maybe sent before: not resent without --resubmit-ambiguous
+    to_send: int = 0  # new paid submissions
+    price_per_image: float | None = None
+
+    @property
+    def estimated_cost(self) -> float | None:
+        if self.price_per_image is None:
+            return None
+        return round(self.to_send * self.price_per_image, 6)
+
+    def over_budget(self, *, max_items: int | None, max_cost: float | None) -> str | None:
+        """Why this plan exceeds a cap, or None."""
+        if max_items is not None and self.to_send > max_items:
+            return f"plan: {self.to_send} new paid submission(s), over --max-items {max_items}"
+        if max_cost is not None:
+            cost = self.estimated_cost
+            if cost is None:
+                return "plan: --max-cost needs FLASHGEN_PRICE_PER_IMAGE (your price per image)"
+            if cost > max_cost:
+                return (f"plan: {self.to_send} new paid submission(s) at "
+                        f"{self.price_per_image:g} each = {cost:g}, over --max-cost {max_cost:g}")
+        return None
+
+    def submission_cap(self, *, max_items: int | None, max_cost: float | None) -> int | None:
+        """The most paid submissions the run may send, counting resubmissions (None: no cap)."""
+        caps = []
+        if max_items is not None:
+            caps.append(max_items)
+        if max_cost is not None and self.price_per_image:
+            caps.append(int(max_cost / self.price_per_image + 1e-9))
+        return min(caps) if caps else None
+
+    def lines(self) -> list[str]:
+        """The plan for a person, one fact a line."""
+        cost = self.estimated_cost
+        return [
+            f"rows read:              {self.rows}",
+            f"items after expansion:  {self.items}",
+            f"invalid rows:           {self.invalid}",
+            f"duplicates:             {self.duplicates}",
+            f"already stored (skip):  {self.stored}",
+            f"in flight (resume):     {self.in_flight}",
+            f"ambiguous (not resent): {self.ambiguous}",
+            f"new paid submissions:   {self.to_send}",
+            "estimated cost:         " + ("unknown (set FLASHGEN_PRICE_PER_IMAGE)"
+                                          if cost is None else f"{cost:g}"),
+        ]
+
+
+def census(store: Store, items: Iterable[Item], *, force: bool = False,
+           resubmit_ambiguous: bool = False) -> tuple[Counter[str], set[str]]:
+    """Ledger states of ``items`` (counted) and the fingerprints already stored.
+
+    Reads at most ``LEDGER_READERS`` entries at a time, whatever the number of items.
+    """
+    counts: Counter[str] = Counter()
+    stored: set[str] = set()
+    for item, found in _bounded_map(store.read_ledger, items, LEDGER_READERS):
+        state = found[0].state if found else None
+        if state == LedgerState.STORED and not force:
+            counts["stored"] += 1
+            stored.add(item.key)
+        elif state == LedgerState.SUBMITTED and found and found[0].request_id:
+            counts["in_flight"] += 1
+        elif state in (LedgerState.AMBIGUOUS, LedgerState.SENDING, LedgerState.CLAIMED) and (
+                not resubmit_ambiguous):
+            counts["ambiguous"] += 1
+        else:
+            counts["to_send"] += 1
+    return counts, stored
+
+
+def _bounded_map(function, items: Iterable[Item], width: int) -> Iterator[tuple[Item, object]]:
+    """``(item, function(item.key))`` in order, with at most ``width`` calls in flight."""
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="ledger-read") as pool:
+        window: list[tuple[Item, Future]] = []
+        for item in items:
+            window.append((item, pool.submit(function, item.key)))
+            if len(window) >= width * 2:
+                first, future = window.pop(0)
+                yield first, future.result()
+        for item, future in window:
+            yield item, future.result()

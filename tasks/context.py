@@ -1,0 +1,81 @@
+"""What every task of one batch shares: the API client, the store, the ledger and the budget.
+
+Built once per flow run (one HTTP connection pool, one boto3 client) and handed to each
+task, so tasks stay thin and testable.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flashgen.client import RunComfyClient
+from flashgen.errors import BudgetError
+from flashgen.ledger import Ledger
+from flashgen.records import LedgerEntry
+from flashgen.settings import Settings
+from flashgen.storage import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SubmitBudget:
+    """Paid submissions this run may still send: ``max_items`` and ``max_cost`` as a count.
+
+    Counted at the POST itself, so retries, resubmissions and ``--force`` all count.
+    """
+
+    limit: int | None = None  # None: no cap
+    sent: int = 0
+
+    def spend(self) -> None:
+        if self.limit is not None and self.sent >= self.limit:
+            raise BudgetError(f"budget: {self.sent} paid submission(s) sent, the cap is "
+                              f"{self.limit}; not sending more")
+        self.sent += 1
+
+    def refund(self) -> None:
+        """A submit that certainly created no job (refused, or never delivered)."""
+        self.sent -= 1
+
+
+@dataclass
+class BatchContext:
+    client: RunComfyClient
+    store: Store
+    ledger: Ledger
+    settings: Settings
+    batch_id: str
+    spool: Path  # where fetched files wait between the fetch and store tasks
+    flow_run_id: str | None = None
+    deployment: str | None = None
+    force: bool = False
+    resubmit_ambiguous: bool = False
+    budget: SubmitBudget = field(default_factory=SubmitBudget)
+
+
+def prefect_run_over(entry: LedgerEntry) -> bool:
+    """True when the flow run that wrote ``entry`` has ended (so it is sending nothing)."""
+    return bool(entry.owner_run) and _run_is_final(entry.owner_run)
+
+
+_FINAL_RUNS: set[str] = set()  # a final state never changes back: remember only those
+
+
+def _run_is_final(flow_run_id: str) -> bool:
+    if flow_run_id in _FINAL_RUNS:
+        return True
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+    except Exception as exc:  # unknown run, or no server: the lease decides instead
+        log.debug("cannot read flow run %s: %s", flow_run_id, exc)
+        return False
+    if state is not None and state.is_final():
+        _FINAL_RUNS.add(flow_run_id)
+        return True
+    return False

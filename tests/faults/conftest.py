@@ -1,0 +1,138 @@
+"""The fault suite's stack: `flashgen batch` as a real process, a real Prefect server, the
+emulator, and moto's S3 server behind a proxy that breaks S3 on cue.
+
+``FaultStack.check`` asserts the guarantees the README promises, after any fault:
+0 duplicate submissions; every input ends stored, failed with a reason, invalid or skipped,
+and "ambiguous" only if its POST really reached the API; every stored image decodes and
+matches its SHA-256; the token in none of S3, the command's output or Prefect's database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import pytest
+from PIL import Image
+
+from flashgen.emulator import EmulatorConfig, EmulatorServer
+from flashgen.records import ImageRecord, ItemState, ManifestRow
+from infra.stack import MotoS3
+from tests.faults.s3proxy import S3FaultProxy
+
+TOKEN = "fault-token-9f8e7d6c5b4a3921"
+BUCKET = "flashgen-faults"
+FLASHGEN = [sys.executable, "-m", "flashgen.cli"]
+
+
+@pytest.fixture(scope="session")
+def fault_s3():
+    with MotoS3() as s3:
+        boto3.client("s3", endpoint_url=s3.url, **_creds()).create_bucket(Bucket=BUCKET)
+        yield s3
+
+
+def _creds():
+    return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
+            "region_name": "us-east-1"}
+
+
+@dataclass
+class FaultStack:
+    api: EmulatorServer
+    proxy: S3FaultProxy
+    s3: object  # boto3 client straight to moto (never through the proxy)
+    env: dict[str, str]
+    prefix: str
+    prefect_home: Path
+    workdir: Path
+    outputs: list[str] = field(default_factory=list)
+
+    def batch(self, *args: str, failpoint: str | None = None, timeout: float = 300,
+              **env: str) -> subprocess.CompletedProcess:
+        """Run `flashgen batch ARGS` to its end (or its failpoint's SIGKILL)."""
+        run_env = {**self.env, **env}
+        if failpoint:
+            run_env["FLASHGEN_FAILPOINT"] = failpoint
+        done = subprocess.run([*FLASHGEN, "batch", *args], env=run_env, capture_output=True,
+                              text=True, timeout=timeout, cwd=self.workdir)
+        self.outputs += [done.stdout, done.stderr]
+        return done
+
+    def prompts(self, n: int, name: str = "prompts.csv") -> str:
+        path = self.workdir / name
+        lines = ["prompt,seed,aspect_ratio"] + [f"fault scene {i},{i},16:9" for i in range(n)]
+        path.write_text("\n".join(lines) + "\n")
+        return str(path)
+
+    def keys(self, sub: str = "") -> list[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix=f"{self.prefix}/{sub}")
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    def read(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+    def manifest(self, batch_id: str) -> list[ManifestRow]:
+        text = self.read(f"{self.prefix}/manifests/{batch_id}.jsonl").decode()
+        return [ManifestRow.model_validate_json(line) for line in text.splitlines() if line]
+
+    def check(self, batch_id: str, *, inputs: int) -> dict[str, int]:
+        """Assert every guarantee; returns the manifest's counts per state."""
+        stats = self.api.stats()
+        assert stats["duplicate_submissions"] == 0, stats["submissions_by_fingerprint"]
+        rows = self.manifest(batch_id)
+        assert sorted(r.line for r in rows) == list(range(2, inputs + 2)), "an input was lost"
+        sent = stats["submissions_by_fingerprint"]
+        for row in rows:
+            if row.state in (ItemState.FAILED, ItemState.INVALID):
+                assert row.reason, row
+            if row.state == ItemState.FAILED and "mbiguous" in (row.reason or ""):
+                assert sent.get(row.key), f"line {row.line} is ambiguous but was never sent"
+        for key in self.keys("metadata/"):
+            record = ImageRecord.model_validate_json(self.read(key))
+            data = self.read(record.image_uri.split("/", 3)[3])
+            assert hashlib.sha256(data).hexdigest() == record.sha256
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()  # every stored image decodes, to the last pixel
+                assert image.size == (record.width, record.height)
+        self.assert_token_nowhere()
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row.state.value] = counts.get(row.state.value, 0) + 1
+        return counts
+
+    def assert_token_nowhere(self) -> None:
+        for key in self.keys():
+            assert TOKEN.encode() not in self.read(key), f"the token is in s3://{BUCKET}/{key}"
+        for text in self.outputs:
+            assert TOKEN not in text, "the token is in a command's output"
+        for db in self.prefect_home.glob("prefect.db*"):
+            assert TOKEN.encode() not in db.read_bytes(), f"the token is in {db.name}"
+
+
+@pytest.fixture
+def fault_stack(prefect_api, fault_s3, request, tmp_path):
+    config = getattr(request, "param", None) or EmulatorConfig(
+        workers=4, job_time=0.3, tokens=[TOKEN], fault_seed=11)
+    prefix = "f-" + "".join(c if c.isalnum() else "-" for c in request.node.name)[:50]
+    with EmulatorServer(config) as api, S3FaultProxy(fault_s3.url) as proxy:
+        env = {**os.environ, **prefect_api, **fault_s3.env, "AWS_ENDPOINT_URL": proxy.url,
+               "RUNCOMFY_BASE_URL": api.url, "RUNCOMFY_API_TOKEN": TOKEN,
+               "FLASHGEN_BUCKET": BUCKET, "FLASHGEN_PREFIX": prefix,
+               "FLASHGEN_POLL_INITIAL": "0.1", "FLASHGEN_POLL_MAXIMUM": "0.5",
+               "FLASHGEN_STATE_DIR": str(tmp_path / "state"), "FLASHGEN_TASK_RETRY_DELAY": "0",
+               "PREFECT_LOGGING_LEVEL": "INFO"}
+        env.pop("FLASHGEN_FAILPOINT", None)
+        yield FaultStack(api=api, proxy=proxy,
+                         s3=boto3.client("s3", endpoint_url=fault_s3.url, **_creds()),
+                         env=env, prefix=prefix, prefect_home=Path(prefect_api["PREFECT_HOME"]),
+                         workdir=tmp_path)
+
+

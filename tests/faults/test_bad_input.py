@@ -1,0 +1,65 @@
+"""Bad input fails before the first cent: exit 2, one line naming the field or line, and the
+emulator sees no submission. A row of the README's guarantees table."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.faults.conftest import BUCKET
+
+pytestmark = pytest.mark.slow
+
+BOMB = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+prompts: [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+"""
+
+
+def _files(workdir):
+    (workdir / "binary.csv").write_bytes(b"prompt\n\x89PNG\r\n\x1a\n\xff\xfe\x00garbage\n")
+    (workdir / "bomb.yaml").write_text(BOMB)
+    (workdir / "ok.csv").write_text("prompt\na red fox\n")
+
+
+CASES = {
+    "batch id with a path": (["ok.csv", "--batch-id", "../../etc"], "batch_id"),
+    "batch id with a space": (["ok.csv", "--batch-id", "spring campaign"], "batch_id"),
+    "binary prompt file": (["binary.csv"], "source"),
+    "missing s3 bucket": (["s3://no-such-bucket-4242/p.csv"], "source"),
+    "missing s3 key": ([f"s3://{BUCKET}/nothing/here.csv"], "source"),
+    "invalid bucket name": (["ok.csv", "--bucket", "Not_A_Bucket"], "bucket"),
+    "defaults not an object": (["ok.csv", "--defaults", "[1,2]"], "defaults"),
+    "concurrency zero": (["ok.csv", "--concurrency", "0"], "concurrency"),
+    "concurrency negative": (["ok.csv", "--concurrency", "-1"], "concurrency"),
+    "yaml alias bomb": (["bomb.yaml"], "alias"),
+    "over max items": (["ok.csv", "--max-items", "0"], "max-items"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_exits_2_before_anything_is_sent(fault_stack, case):
+    args, named = CASES[case]
+    _files(fault_stack.workdir)
+    done = fault_stack.batch(*args, timeout=180)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and named in last, last
+    assert len(last) < 600  # a bounded, one-line message
+    assert fault_stack.api.stats()["submissions"] == 0
+    assert fault_stack.keys("ledger/") == []
+    fault_stack.assert_token_nowhere()
+
+
+def test_a_bad_row_beside_a_good_one_lands_in_the_manifest(fault_stack):
+    source = fault_stack.workdir / "mixed.jsonl"
+    source.write_text('{"prompt": 123}\n{"prompt": "a red fox"}\n')
+    done = fault_stack.batch(str(source), "--batch-id", "mixed")
+    assert done.returncode == 1  # an invalid row counts as a failure unless tolerated
+    rows = {row.line: row for row in fault_stack.manifest("mixed")}
+    assert rows[1].state == "invalid" and "prompt" in rows[1].reason
+    assert rows[2].state == "stored"
+    assert fault_stack.api.stats()["submissions"] == 1

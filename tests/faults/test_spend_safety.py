@@ -1,0 +1,72 @@
+"""Never pay twice, lose nothing: S3 outages and throttling, SIGKILL at every step boundary,
+and two runs of one batch. Each test is a row of the README's guarantees table."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from flashgen.failpoints import POINTS
+from tests.faults.conftest import FLASHGEN
+
+pytestmark = pytest.mark.slow
+
+
+def test_s3_unavailable_right_after_a_submit_pays_once(fault_stack):
+    """S3 drops every connection for 11 s from the first request_id write on."""
+    source = fault_stack.prompts(4)
+    fault_stack.proxy.outage_after(r"^PUT .*/ledger/", b'"state":"submitted"', seconds=11)
+    done = fault_stack.batch(source, "--batch-id", "outage", "--concurrency", "4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert fault_stack.proxy.outages == 1 and fault_stack.proxy.dropped > 0
+    assert fault_stack.check("outage", inputs=4) == {"stored": 4}
+    assert fault_stack.api.stats()["submissions"] == 4
+
+
+def test_s3_throttling_is_ridden_out(fault_stack):
+    source = fault_stack.prompts(4)
+    fault_stack.proxy.slow_down(r"^PUT ", times=12)
+    done = fault_stack.batch(source, "--batch-id", "slowdown")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert fault_stack.proxy.throttled == 12
+    assert fault_stack.check("slowdown", inputs=4) == {"stored": 4}
+    assert fault_stack.api.stats()["submissions"] == 4
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_sigkill_at_a_step_boundary_then_a_rerun(fault_stack, point):
+    """Killed the second time a job passes POINT; the rerun finishes the batch.
+
+    The rerun's sending lease is an hour: it finishes only because a claim whose process
+    is gone is settled at once, not when its lease runs out.
+    """
+    source = fault_stack.prompts(6)
+    killed = fault_stack.batch(source, "--batch-id", "crash", "--concurrency", "1",
+                               failpoint=f"{point}:{1 if point == 'manifest' else 2}")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    rerun = fault_stack.batch(source, "--batch-id", "crash", "--concurrency", "2",
+                              FLASHGEN_SEND_LEASE="3600")
+    counts = fault_stack.check("crash", inputs=6)
+    if point == "sending":  # the POST reached the API and its answer died with the process
+        assert counts.get("failed") == 1 and rerun.returncode == 1
+        assert counts.get("stored", 0) + counts.get("skipped", 0) == 5
+    else:
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert counts.get("stored", 0) + counts.get("skipped", 0) == 6
+    assert fault_stack.api.stats()["submissions"] == 6
+
+
+def test_two_runs_of_one_batch_pay_once(fault_stack):
+    source = fault_stack.prompts(8)
+    runs = [subprocess.Popen([*FLASHGEN, "batch", source, "--batch-id", f"twin-{n}"],
+                             env=fault_stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=fault_stack.workdir) for n in (1, 2)]
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        fault_stack.outputs += [out, err]
+        assert run.returncode == 0, err[-2000:]
+    for n in (1, 2):
+        counts = fault_stack.check(f"twin-{n}", inputs=8)
+        assert counts.get("stored", 0) + counts.get("skipped", 0) == 8
+    assert fault_stack.api.stats()["submissions"] == 8
