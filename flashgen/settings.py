@@ -1,6 +1,8 @@
 """Configuration from the environment; explicit arguments always win over it.
 
     RUNCOMFY_API_TOKEN      the API token (kept as a SecretStr; never logged)
+    FLASHGEN_TOKEN_BLOCK    the Prefect Secret block holding the token when the variable is
+                            unset (default "runcomfy-api-token"; `flashgen provision` makes it)
     RUNCOMFY_BASE_URL       the API's base URL (default https://model-api.runcomfy.net)
     FLASHGEN_BUCKET         S3 bucket for images, metadata, ledger and manifests
     FLASHGEN_PREFIX         key prefix inside the bucket (default "flashgen")
@@ -13,8 +15,16 @@
     FLASHGEN_MAX_IMAGE_BYTES / FLASHGEN_MAX_VIDEO_BYTES   download caps (50 MB / 100 MB)
     FLASHGEN_JOB_DEADLINE   seconds a job may take from submit to finish (default 900)
     FLASHGEN_POLL_INITIAL / FLASHGEN_POLL_MAXIMUM   status polling interval bounds (s)
+    FLASHGEN_JOB_TIME_PRIOR seconds a job is expected to run before this run has seen any
+                            finish (default 5); polls are timed around the expected end
     FLASHGEN_TASK_RETRY_DELAY       first delay between Prefect task retries (doubles; 2 s)
     FLASHGEN_TESTING        "1" removes every sleep (tests only)
+
+Entry points (the CLI, flows) read the environment once with ``get_settings()`` and pass
+the ``Settings`` on; nothing else reads it::
+
+    settings = get_settings()
+    client = RunComfyClient.from_settings(settings, token=await resolve_token(settings))
 """
 
 from __future__ import annotations
@@ -24,15 +34,24 @@ from functools import lru_cache
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flashgen.errors import AuthenticationError
+
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
+TOKEN_ENV = "RUNCOMFY_API_TOKEN"
+DEFAULT_TOKEN_BLOCK = "runcomfy-api-token"
+DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+DEFAULT_MAX_VIDEO_BYTES = 100 * 1024 * 1024
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLASHGEN_", extra="ignore")
+    # populate_by_name: code and tests may say Settings(base_url=...), not only the aliases.
+    model_config = SettingsConfigDict(env_prefix="FLASHGEN_", extra="ignore",
+                                      populate_by_name=True)
 
     api_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("RUNCOMFY_API_TOKEN", "FLASHGEN_API_TOKEN")
     )
+    token_block: str = DEFAULT_TOKEN_BLOCK
     base_url: str = Field(
         DEFAULT_BASE_URL, validation_alias=AliasChoices("RUNCOMFY_BASE_URL", "FLASHGEN_BASE_URL")
     )
@@ -47,11 +66,12 @@ class Settings(BaseSettings):
     concurrency_limit: str = "runcomfy-api"
     # Longer than a submit can take with all its retries (the client's budget is 120 s).
     claim_ttl: float = Field(300.0, gt=0)
-    max_image_bytes: int = 50 * 1024 * 1024
-    max_video_bytes: int = 100 * 1024 * 1024
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES
     job_deadline: float = Field(900.0, gt=0)
     poll_initial: float = Field(0.5, gt=0)
     poll_maximum: float = Field(5.0, gt=0)
+    job_time_prior: float = Field(5.0, gt=0)
     task_retry_delay: float = Field(2.0, ge=0)
 
 
@@ -59,3 +79,62 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings, read once. Tests call ``get_settings.cache_clear()``."""
     return Settings()
+
+
+class Token(SecretStr):
+    """An API token that knows where it came from, for error messages that say what to fix.
+
+        >>> Token("abc", source="RUNCOMFY_API_TOKEN")
+        Token('**********', source='RUNCOMFY_API_TOKEN')
+    """
+
+    def __init__(self, value: str, *, source: str) -> None:
+        super().__init__(value)
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Token({str(self)!r}, source={self.source!r})"
+
+
+def token_help(settings: Settings) -> str:
+    """Where a token may come from, for any message about a missing or rejected one."""
+    return (
+        f"set {TOKEN_ENV}, or store it in the Prefect Secret block "
+        f"{settings.token_block!r} (`flashgen provision` creates it from {TOKEN_ENV})"
+    )
+
+
+async def resolve_token(settings: Settings, token: str | SecretStr | None = None) -> Token:
+    """The API token: ``token`` if given, else ``RUNCOMFY_API_TOKEN``, else the Prefect
+    Secret block named by ``FLASHGEN_TOKEN_BLOCK`` (``settings.token_block``).
+
+        client = RunComfyClient.from_settings(settings, token=await resolve_token(settings))
+
+    The result is a ``Token`` (a ``SecretStr``) whose ``source`` names where it came from.
+    Raises ``AuthenticationError`` naming all three places when none has a token.
+    """
+    if token is not None:
+        value = token.get_secret_value() if isinstance(token, SecretStr) else token
+        source = getattr(token, "source", "the token= argument")
+        if value.strip():
+            return Token(value, source=source)
+    if settings.api_token is not None and settings.api_token.get_secret_value().strip():
+        return Token(settings.api_token.get_secret_value(), source=TOKEN_ENV)
+    value = await _secret_block(settings.token_block)
+    if value:
+        return Token(value, source=f"the Prefect Secret block {settings.token_block!r}")
+    raise AuthenticationError(f"no RunComfy API token: {token_help(settings)}")
+
+
+async def _secret_block(name: str) -> str | None:
+    """The block's value, or None when it does not exist (or Prefect is not installed)."""
+    try:
+        from prefect.blocks.system import Secret  # lazily: the core library needs no Prefect
+    except ImportError:
+        return None
+    try:
+        secret = await Secret.aload(name)
+    except ValueError:  # Prefect's answer for a block that does not exist
+        return None
+    value = secret.get()
+    return value.strip() if isinstance(value, str) and value.strip() else None
