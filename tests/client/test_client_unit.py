@@ -7,6 +7,7 @@ import pytest
 from client_fakes import API, TOKEN, Script, answer, problem
 from pydantic import SecretStr
 
+from flashgen import client as client_module
 from flashgen import timing
 from flashgen.client import DEFAULT_RETRIES, RunComfyClient
 from flashgen.errors import (
@@ -252,6 +253,32 @@ async def test_status_gives_up_after_the_attempts_naming_the_request() -> None:
     assert len(script.requests) == 5
     assert caught.value.transient and caught.value.request_id == "req-1"
     assert "req-1" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("call", "attempts"),
+    [("status", 4), ("result", 4), ("cancel", 3), ("submit", 4), ("download", 3)],
+)
+async def test_each_call_is_attempted_exactly_as_the_retry_table_says(
+    call: str, attempts: int
+) -> None:
+    """The module docstring's table: a server that never recovers gets exactly N tries."""
+    down = httpx.ConnectError("refused") if call == "submit" else problem(503, 503000, "down")
+    script = Script(down)
+    async with client_for(script) as client:
+        with pytest.raises((TransientApiError, DownloadError)) as caught:
+            if call == "submit":
+                await client.submit(DEFAULT_MODEL, {"prompt": "p"})
+            elif call == "download":
+                await client.download("https://cdn.test/x.png")
+            else:
+                await getattr(client, call)("req-1")
+    assert caught.value.transient
+    assert len(script.requests) == attempts == DEFAULT_RETRIES[call].attempts
+    row = next(line for line in client_module.__doc__.splitlines()
+               if line.strip().startswith(call + " "))
+    assert row.split()[1] == str(attempts)
+    assert sum(timing.recorded_sleeps()) <= DEFAULT_RETRIES[call].budget
 
 
 async def test_status_429_beyond_the_budget_is_raised_with_retry_after() -> None:
