@@ -3,8 +3,9 @@
 ``JobTimeEstimator`` learns how long jobs run (one per run: ``RunComfyClient`` keeps one).
 ``PollPlan`` times the polls of one job from it: the first look shortly before the job is
 expected to end, then close looks (``max(0.05 s, 5 %)`` of the time the job has run, or is
-expected to) until it ends; a queued job is left to ``PollSchedule``'s backoff. With steady
-job times a job takes about two polls and is noticed within 5 % of its time::
+expected to) until it ends; a queued job is left to ``PollSchedule``'s backoff. Until the
+run has seen a job finish, the expected time is the prior, looked at in quarters. With
+steady job times a job takes two or three polls and is noticed within 5 % of its time::
 
     estimator = JobTimeEstimator(prior=5.0)
     plan = PollPlan(estimator, PollSchedule(0.5, 5.0), submitted_at=timing.now())
@@ -46,6 +47,9 @@ CLOSE_FLOOR = 0.05
 # The first look comes this share before the expected end: a job seen still running there
 # is then caught closely, and its end is measured to within one close interval.
 EARLY = 0.05
+# Before any job of the run has finished, the prior is a guess: look every quarter of it,
+# so that a run of short jobs is not left waiting for a long prior, and learns at once.
+UNSURE_STEP = 0.25
 
 
 class PollSchedule:
@@ -173,8 +177,10 @@ class PollPlan:
     submit, or between the last queued sighting and the first running one) and the last
     moment it was seen unfinished, which bracket its end when it completes.
 
-        >>> plan = PollPlan(JobTimeEstimator(prior=2.0), PollSchedule(), submitted_at=0.0)
-        >>> plan.first_delay(now=0.0)                      # just before the expected end
+        >>> estimator = JobTimeEstimator(prior=5.0)
+        >>> estimator.observe(2.0)                          # one job of this run took 2 s
+        >>> plan = PollPlan(estimator, PollSchedule(), submitted_at=0.0)
+        >>> plan.first_delay(now=0.0)                       # just before the expected end
         1.9
         >>> plan.next_delay(JobStatus(request_id="r", status="in_progress"), now=1.9)
         0.1
@@ -201,7 +207,7 @@ class PollPlan:
         """
         if self._submitted is None:
             return 0.0
-        return max(0.0, self._submitted + self._first_look() - now)
+        return max(0.0, self._until_look(now - self._submitted))
 
     def next_delay(self, status: JobStatus, now: float) -> float:
         """Seconds to wait before polling again after seeing ``status`` at ``now``."""
@@ -217,8 +223,7 @@ class PollPlan:
         self._open = now
         elapsed = now - self._start
         expected = self.estimator.expected()
-        until_end = self._first_look() - elapsed
-        return max(until_end, self._close(max(expected, elapsed)))
+        return max(self._until_look(elapsed), self._close(max(expected, elapsed)))
 
     def finished(self, status: JobStatus, now: float) -> float | None:
         """Report a completed job's run time to the estimator; return it (None if unknown).
@@ -246,8 +251,13 @@ class PollPlan:
             return (self._queued + now) / 2
         return self._submitted if self._submitted is not None else now
 
-    def _first_look(self) -> float:
-        return self.estimator.expected() * (1 - EARLY)
+    def _until_look(self, elapsed: float) -> float:
+        """Seconds from now until the look just before the expected end (may be past)."""
+        expected = self.estimator.expected()
+        until = expected * (1 - EARLY) - elapsed
+        if not self.estimator.seen:  # only the prior to go on
+            until = min(until, UNSURE_STEP * expected)
+        return until
 
     def _close(self, scale: float) -> float:
         return min(self._queue.maximum, max(CLOSE_FLOOR, CLOSE_FRACTION * scale))

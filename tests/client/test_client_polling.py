@@ -54,8 +54,14 @@ def test_a_low_quantile_shrugs_off_one_outlier() -> None:
     assert estimator.expected() == 2.0
 
 
+def learned(seconds: float) -> JobTimeEstimator:
+    estimator = JobTimeEstimator(prior=5.0)
+    estimator.observe(seconds)
+    return estimator
+
+
 def test_plan_looks_just_before_the_expected_end_then_closely() -> None:
-    plan = PollPlan(JobTimeEstimator(prior=2.0), PollSchedule(0.5, 5.0), submitted_at=100.0)
+    plan = PollPlan(learned(2.0), PollSchedule(0.5, 5.0), submitted_at=100.0)
     assert plan.first_delay(now=100.0) == pytest.approx(1.9)
     running = _status("in_progress")
     assert plan.next_delay(running, now=101.9) == pytest.approx(0.1)  # 5 % of 2 s
@@ -65,15 +71,23 @@ def test_plan_looks_just_before_the_expected_end_then_closely() -> None:
     assert plan.finished(_status("completed"), now=300.2) == pytest.approx(200.1)
 
 
+def test_plan_on_the_prior_alone_looks_every_quarter_of_it() -> None:
+    plan = PollPlan(JobTimeEstimator(prior=8.0), PollSchedule(0.5, 5.0), submitted_at=0.0)
+    assert plan.first_delay(now=0.0) == 2.0
+    running = _status("in_progress")
+    looks = [plan.next_delay(running, now=t) for t in (2.0, 4.0, 6.0)]
+    assert looks == pytest.approx([2.0, 2.0, 1.6])  # the last one lands at 0.95 * 8 s
+    assert plan.next_delay(running, now=7.6) == pytest.approx(0.4)  # then closely
+
+
 def test_plan_without_a_submit_time_looks_at_once() -> None:
-    plan = PollPlan(JobTimeEstimator(prior=2.0), PollSchedule())
+    plan = PollPlan(learned(2.0), PollSchedule())
     assert plan.first_delay(now=7.0) == 0.0
     assert plan.finished(_status("completed"), now=7.0) is None  # nothing to learn from
 
 
 def test_plan_leaves_a_queued_job_to_the_backoff_and_starts_its_clock_on_leaving() -> None:
-    estimator = JobTimeEstimator(prior=2.0)
-    plan = PollPlan(estimator, PollSchedule(0.5, 5.0, growth=2.0), submitted_at=0.0)
+    plan = PollPlan(learned(2.0), PollSchedule(0.5, 5.0, growth=2.0), submitted_at=0.0)
     queued = [plan.next_delay(_status("in_queue", 3), now=t) for t in (1.9, 3.4, 5.4)]
     assert queued == [1.5, 3.0, 5.0]  # by position, then growing to the maximum
     # Seen queued at 5.4 and running at 9.4: it started about 7.4, so it ends about 9.4.
