@@ -56,10 +56,14 @@ def schema(model: ModelOpt = DEFAULT_MODEL) -> None:
 
 
 def _call(method: str, request_id: str) -> Any:
+    """One client call on ``request_id``, with the token from wherever it is kept."""
     from flashgen.client import RunComfyClient
+    from flashgen.settings import get_settings, resolve_token
 
     async def go() -> Any:
-        async with RunComfyClient() as client:
+        settings = get_settings()
+        token = await resolve_token(settings)
+        async with RunComfyClient.from_settings(settings, token) as client:
             return await getattr(client, method)(request_id)
 
     try:
@@ -70,7 +74,11 @@ def _call(method: str, request_id: str) -> Any:
 
 @app.command()
 def status(request_id: str) -> None:
-    """Show a request's current state (token and URL from RUNCOMFY_API_TOKEN, RUNCOMFY_BASE_URL)."""
+    """Show a request's current state.
+
+    The token comes from RUNCOMFY_API_TOKEN, else the Prefect Secret block named by
+    FLASHGEN_TOKEN_BLOCK (runcomfy-api-token); the URL from RUNCOMFY_BASE_URL.
+    """
     typer.echo(_call("status", request_id).model_dump_json(indent=2, exclude_none=True))
 
 

@@ -1,32 +1,47 @@
 """Typed async client for RunComfy's Model API (contract: ``shared/spec/PROTOCOL.md``).
 
-One ``httpx.AsyncClient`` (one connection pool) per client; open it once per process::
+One ``httpx.AsyncClient`` (one connection pool) per client; open it once per process (or
+flow run), from the settings the entry point read::
 
     from flashgen.client import RunComfyClient
     from flashgen.models import DEFAULT_MODEL
     from flashgen.polling import PollLog
+    from flashgen.settings import get_settings, resolve_token
 
-    async with RunComfyClient() as client:            # token from RUNCOMFY_API_TOKEN
+    settings = get_settings()
+    async with RunComfyClient.from_settings(settings, await resolve_token(settings)) as client:
         handle = await client.submit(DEFAULT_MODEL, {"prompt": "a red fox", "aspect_ratio": "9:16"})
         log = PollLog()
         await client.wait(handle.request_id, timeout=600, on_status=log)
         files = await client.fetch_outputs(handle.request_id)
         print(log.polls, [f.size for f in files])
 
-Retry policy, per call (all waiting goes through ``flashgen.timing``):
+Retries, per call. This is the one layer that retries HTTP failures: what it raises has
+spent its budget, and a caller (a Prefect task) should not repeat the same call for the
+same reason. Waits grow 0.5 s, 1 s, 2 s, … (×2, capped at 30 s, up to 25 % jitter); a
+429's Retry-After sets the wait instead, and a wait that would end past the budget is not
+taken: the error is raised at once. All waiting goes through ``flashgen.timing``.
 
-- ``status``/``result``/``cancel`` are safe to repeat: transport errors, 429 (at the pace of
-  Retry-After), 5xx and malformed bodies are retried within ``Backoff``, then raised as
-  ``TransientApiError``. 401/403/404/422 are never retried.
-- ``submit`` is not: only failures that prove nothing reached the API (cannot connect,
-  pool timeout, 429) are retried. Anything that may have reached it without a usable
-  answer (read timeout, reset after sending, 5xx, malformed body) raises
-  ``AmbiguousSubmissionError`` and is never resent here: a paid job may exist.
-- ``download`` never sends the token; 403/404 are the caller's cue to refresh the link
-  (``fetch_outputs`` does it once), 5xx/transport errors are retried.
+    call       attempts  budget  retried on
+    submit        4       30 s   only what proves nothing was sent: cannot connect, pool
+                                 timeout, 429. Anything that may have arrived (read timeout,
+                                 reset, 5xx, malformed body) raises AmbiguousSubmissionError
+                                 at once and is never resent: a paid job may exist.
+    status        4       30 s   transport errors, 408, 429, 5xx, malformed bodies
+    result        4       30 s   the same
+    cancel        3       15 s   the same (cancelling twice is harmless)
+    download      3       30 s   transport errors, 408, 429, 5xx from the file host
+    wait          —    timeout=  one ``status`` call per poll (with its retries above);
+                                 polls are timed by ``flashgen.polling.PollPlan``
 
-The token lives as a ``SecretStr``; it is added to requests for the API's own origin only,
-and scrubbed from anything the server echoes back into an error message.
+401/403/404/422 and the account codes are never retried. ``RunComfyClient(retries=...)``
+overrides rows of this table (``DEFAULT_RETRIES``).
+
+Everything the server says (error bodies, status and result answers, a job's ``error``,
+transport error texts) passes ``_scrub`` before it reaches an exception, a model, a log
+line or a caller: an API that echoes the request's ``Authorization`` header cannot leak
+the token through flashgen. The token itself lives as a ``SecretStr`` and is added to
+requests for the API's own origin only, never to file hosts.
 """
 
 from __future__ import annotations
@@ -34,11 +49,11 @@ from __future__ import annotations
 import email.utils
 import inspect
 import logging
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import httpx
 from pydantic import SecretStr
@@ -70,18 +85,34 @@ from flashgen.models import (
     SubmitHandle,
     validate_inputs,
 )
-from flashgen.polling import PollSchedule
-from flashgen.settings import get_settings
+from flashgen.polling import JobTimeEstimator, PollPlan, PollSchedule
+from flashgen.settings import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_VIDEO_BYTES,
+    TOKEN_ENV,
+    Settings,
+    Token,
+    token_help,
+)
 from flashgen.timing import Backoff
 
-__all__ = ["Download", "FileKind", "RunComfyClient"]
+__all__ = ["DEFAULT_RETRIES", "Download", "FileKind", "RunComfyClient"]
 
 T = TypeVar("T")
 FileKind = Literal["image", "video"]
+Call = Literal["submit", "status", "result", "cancel", "download"]
 
 log = logging.getLogger("flashgen.client")
 
-TOKEN_ENV = "RUNCOMFY_API_TOKEN"
+# The table in the module docstring; keep the two in step.
+DEFAULT_RETRIES: Mapping[Call, Backoff] = {
+    "submit": Backoff(attempts=4, budget=30.0),
+    "status": Backoff(attempts=4, budget=30.0),
+    "result": Backoff(attempts=4, budget=30.0),
+    "cancel": Backoff(attempts=3, budget=15.0),
+    "download": Backoff(attempts=3, budget=30.0),
+}
 _ACCOUNT_CODES = frozenset({10001, 10002, 10003})
 # Failures raised before a single byte of the request left this process.
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -117,49 +148,78 @@ class _BearerAuth(httpx.Auth):
 class RunComfyClient:
     """Async client for the Model API: submit, status, result, cancel, wait, download.
 
-    Explicit arguments win over the environment (``flashgen.settings``). ``transport``
-    swaps the outside world, e.g. ``httpx.ASGITransport(app=create_app(...))``.
+    Build it with ``from_settings`` (the environment, as the entry point read it) or with
+    explicit arguments; it reads no environment itself. ``transport`` swaps the outside
+    world, e.g. ``httpx.ASGITransport(app=create_app(...))``. ``estimator`` learns how
+    long this client's jobs take and times ``wait``'s polls (one per run).
     """
 
     def __init__(
         self,
-        token: str | SecretStr | None = None,
-        base_url: str | None = None,
+        token: str | SecretStr,
+        base_url: str = DEFAULT_BASE_URL,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
-        timeout: float = 30.0,
-        backoff: Backoff | None = None,
+        timeout: float | httpx.Timeout = 30.0,
+        retries: Mapping[Call, Backoff] | None = None,
         poll: PollSchedule | None = None,
-        max_image_bytes: int | None = None,
-        max_video_bytes: int | None = None,
+        estimator: JobTimeEstimator | None = None,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
     ) -> None:
-        settings = get_settings()
-        if isinstance(token, SecretStr):
-            secret = token
-        elif token is not None:
-            secret = SecretStr(token)
-        else:
-            secret = settings.api_token or SecretStr("")
+        secret = token if isinstance(token, SecretStr) else SecretStr(token or "")
         if not secret.get_secret_value().strip():
             raise AuthenticationError(
-                f"no RunComfy API token: set {TOKEN_ENV} or pass token= to RunComfyClient"
+                "no RunComfy API token: pass token=, or use "
+                "RunComfyClient.from_settings(settings, await resolve_token(settings))"
             )
         self._token = secret
-        self.base_url = (base_url or settings.base_url).rstrip("/")
+        # Where the token came from, so that a rejection says what to fix.
+        self._token_source = getattr(token, "source", "the token passed to RunComfyClient")
+        self.base_url = base_url.rstrip("/")
         url = httpx.URL(self.base_url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
         self._auth = _BearerAuth(secret, _origin(url))
-        self._backoff = backoff or Backoff()
-        self._poll = poll or PollSchedule(settings.poll_initial, settings.poll_maximum)
-        self._caps: dict[str, int] = {
-            "image": max_image_bytes or settings.max_image_bytes,
-            "video": max_video_bytes or settings.max_video_bytes,
-        }
+        self._retries: dict[str, Backoff] = {**DEFAULT_RETRIES, **(retries or {})}
+        self._poll = poll or PollSchedule()
+        self.estimator = estimator or JobTimeEstimator()
+        self._caps: dict[str, int] = {"image": max_image_bytes, "video": max_video_bytes}
+        self._submitted: dict[str, float] = {}  # request_id -> timing.now() at its submit
         # No default auth or headers: the token is attached per API call (see _BearerAuth),
         # so a download through the same pool cannot carry it.
         self._http = httpx.AsyncClient(
             base_url=self.base_url, transport=transport, timeout=httpx.Timeout(timeout)
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, token: str | SecretStr | None = None, **options: Any
+    ) -> Self:
+        """A client configured by ``settings``: base URL, poll bounds, job-time prior, caps.
+
+            settings = get_settings()
+            client = RunComfyClient.from_settings(settings, await resolve_token(settings))
+
+        ``token`` defaults to ``settings.api_token`` (``RUNCOMFY_API_TOKEN``); the Prefect
+        Secret block needs ``await resolve_token(settings)``, which also lets a rejected
+        token's error name where it came from. ``options`` go to the constructor
+        (``transport``, ``timeout``, ``retries``).
+        """
+        if token is None and settings.api_token is not None:
+            token = Token(settings.api_token.get_secret_value(), source=TOKEN_ENV)
+        if token is None or not (
+            token.get_secret_value() if isinstance(token, SecretStr) else token
+        ).strip():
+            raise AuthenticationError(f"no RunComfy API token: {token_help(settings)}")
+        return cls(
+            token,
+            settings.base_url,
+            poll=PollSchedule(settings.poll_initial, settings.poll_maximum),
+            estimator=JobTimeEstimator(prior=settings.job_time_prior),
+            max_image_bytes=settings.max_image_bytes,
+            max_video_bytes=settings.max_video_bytes,
+            **options,
         )
 
     def __repr__(self) -> str:
@@ -203,29 +263,33 @@ class RunComfyClient:
                 ) from exc
             return self._submit_answer(response, what)
 
-        handle = await timing.retry(once, on=is_transient, backoff=self._backoff, what=what)
+        handle = await self._retry("submit", once, what)
+        self._submitted[handle.request_id] = timing.now()
         log.info("%s: request_id=%s", what, handle.request_id)
         return handle
 
     # --- safe calls: repeated until they answer ------------------------------------------
 
     async def status(self, request_id: str) -> JobStatus:
-        """The job's current status; ``.state`` says what it means."""
+        """The job's current status; ``.state`` says what it means. 4 attempts, 30 s."""
         return await self._call(
+            "status",
             "GET",
             _request_path(request_id, "status"),
-            lambda r: JobStatus.model_validate({"request_id": request_id, **_json_object(r)}),
-            what=f"status of {request_id}",
+            lambda _, body: JobStatus.model_validate({"request_id": request_id, **_object(body)}),
             request_id=request_id,
         )
 
     async def result(self, request_id: str) -> JobResult:
-        """The job's result: outputs once completed, else its current state (keep polling)."""
+        """The job's result: outputs once completed, else its current state (keep polling).
+
+        4 attempts, 30 s.
+        """
         return await self._call(
+            "result",
             "GET",
             _request_path(request_id, "result"),
-            lambda r: JobResult.model_validate({"request_id": request_id, **_json_object(r)}),
-            what=f"result of {request_id}",
+            lambda _, body: JobResult.model_validate({"request_id": request_id, **_object(body)}),
             request_id=request_id,
         )
 
@@ -233,12 +297,14 @@ class RunComfyClient:
         """Ask the API to cancel a job; say what happened (never raises for 'too late').
 
             if await client.cancel(rid) is CancelOutcome.NOT_CANCELLABLE: ...  # it runs on
+
+        3 attempts, 15 s (plus one ``status`` when a refusal does not say why).
         """
         accepted, current = await self._call(
+            "cancel",
             "POST",
             _request_path(request_id, "cancel"),
             _cancel_answer,
-            what=f"cancel of {request_id}",
             request_id=request_id,
             refusals=(400, 409),
         )
@@ -258,11 +324,18 @@ class RunComfyClient:
         *,
         timeout: float | None = None,
         on_status: Callable[[JobStatus], Any] | None = None,
+        expected: JobTimeEstimator | None = None,
+        submitted_at: float | None = None,
     ) -> JobStatus:
         """Poll until the job completes; return its completed status.
 
-        ``on_status`` (sync or async) sees every polled status; pass a
-        ``flashgen.polling.PollLog`` to count polls and time the states::
+        Polls are timed by a ``PollPlan`` from ``expected`` (default: this client's
+        ``estimator``): one look just before the job should end, then close looks until it
+        does; a queued job is polled with backoff. Each completed job's run time is
+        reported back to the estimator. ``submitted_at`` (a ``timing.now()`` reading) is
+        known by itself for jobs this client submitted; for a resumed job the first poll is
+        at once. ``on_status`` (sync or async) sees every polled status; a
+        ``flashgen.polling.PollLog`` counts polls and times the states::
 
             log = PollLog()
             await client.wait(rid, timeout=300, on_status=log)
@@ -271,40 +344,30 @@ class RunComfyClient:
         ``JobDeadlineError`` once ``timeout`` seconds have passed. Unknown state strings
         are "not finished yet".
         """
-        schedule = self._poll.fresh()
+        if submitted_at is None:
+            submitted_at = self._submitted.get(request_id)
+        plan = PollPlan(expected or self.estimator, self._poll, submitted_at=submitted_at)
         deadline = None if timeout is None else timing.now() + timeout
-        polls = 0
+        delay, polls = plan.first_delay(timing.now()), 0
         while True:
+            if delay > 0:  # only the first poll of a resumed job comes at once
+                await timing.sleep(_within(delay, deadline))
             status = await self.status(request_id)
             polls += 1
             if on_status is not None:
                 outcome = on_status(status)
                 if inspect.isawaitable(outcome):
                     await outcome
-            state = status.state
-            if state is JobState.COMPLETED:
-                return status
-            if state is JobState.FAILED:
-                raise JobFailedError(
-                    f"job {request_id} ended {status.status!r}: {status.error!r}",
-                    request_id=request_id, status=status.status, error=status.error,
-                )
-            if state is JobState.CANCELLED:
-                raise JobCancelledError(
-                    f"job {request_id} was cancelled",
+            if status.state.terminal:
+                self._submitted.pop(request_id, None)
+                plan.finished(status, timing.now())
+                return _completed(status, request_id)
+            if deadline is not None and timing.now() >= deadline:
+                raise JobDeadlineError(
+                    f"job {request_id} still {status.status!r} after {timeout}s ({polls} polls)",
                     request_id=request_id, status=status.status,
                 )
-            delay = schedule.next_delay(status)
-            if deadline is not None:
-                left = deadline - timing.now()
-                if left <= 0:
-                    raise JobDeadlineError(
-                        f"job {request_id} still {status.status!r} after {timeout}s "
-                        f"({polls} polls)",
-                        request_id=request_id, status=status.status,
-                    )
-                delay = min(delay, left)  # one last look at the deadline itself
-            await timing.sleep(delay)
+            delay = plan.next_delay(status, timing.now())
 
     # --- files: no token, capped, type-checked -------------------------------------------
 
@@ -315,16 +378,13 @@ class RunComfyClient:
 
         403/404 raise ``DownloadError`` with ``status_code`` set (refresh the link and try
         again); a wrong content type or an oversize file is permanent; 5xx and transport
-        errors are retried, then raised as transient.
+        errors are retried (3 attempts, 30 s), then raised as transient.
         """
         if kind not in self._caps:
             raise ValueError(f"kind must be 'image' or 'video', got {kind!r}")
-        what = f"download of {_safe_uri(uri)}"
-        return await timing.retry(
-            lambda: self._download_once(uri, kind, request_id, what),
-            on=is_transient,
-            backoff=self._backoff,
-            what=what,
+        what = f"download of {self._scrub(_safe_uri(uri))}"
+        return await self._retry(
+            "download", lambda: self._download_once(uri, kind, request_id, what), what
         )
 
     async def fetch_outputs(
@@ -365,20 +425,27 @@ class RunComfyClient:
 
     # --- plumbing ------------------------------------------------------------------------
 
+    async def _retry(self, call: Call, once: Callable[[], Any], what: str) -> Any:
+        """``once()`` under ``call``'s row of the retry table."""
+        return await timing.retry(once, on=is_transient, backoff=self._retries[call], what=what)
+
     async def _call(
         self,
+        call: Call,
         method: str,
         path: str,
-        parse: Callable[[httpx.Response], T],
+        parse: Callable[[httpx.Response, Any], T],
         *,
-        what: str,
         request_id: str,
         refusals: tuple[int, ...] = (),
     ) -> T:
         """A safe-to-repeat API call: retried on anything transient, then parsed.
 
+        ``parse`` gets the response and its JSON body, already scrubbed of the token (None
+        when the body is not JSON); it raises ``ValueError`` for a body it cannot use.
         ``refusals`` are error statuses that ``parse`` reads as answers (cancel's 409).
         """
+        what = f"{call} of {request_id}"
 
         async def once() -> T:
             try:
@@ -390,7 +457,7 @@ class RunComfyClient:
             if not (response.is_success or response.status_code in refusals):
                 raise self._api_error(response, what=what, request_id=request_id)
             try:
-                return parse(response)
+                return parse(response, self._body(response))
             except ValueError:  # not JSON, or not the shape the protocol promises
                 raise TransientApiError(
                     f"{what}: HTTP {response.status_code} with a malformed body "
@@ -399,13 +466,14 @@ class RunComfyClient:
                     request_id=request_id,
                 ) from None
 
-        return await timing.retry(once, on=is_transient, backoff=self._backoff, what=what)
+        result: T = await self._retry(call, once, what)
+        return result
 
     def _submit_answer(self, response: httpx.Response, what: str) -> SubmitHandle:
         """The handle in a submit's answer; no usable answer means the job may exist."""
         if response.is_success:
             try:
-                return SubmitHandle.model_validate(response.json())
+                return SubmitHandle.model_validate(_object(self._body(response)))
             except ValueError:
                 raise AmbiguousSubmissionError(
                     f"{what}: HTTP {response.status_code} with a malformed body "
@@ -437,8 +505,8 @@ class RunComfyClient:
             return AccountError(f"{text} [account: funds, or model disabled/deleted]", **kw)
         if code in (401, 403):
             return AuthenticationError(
-                f"{head}: the API rejected the token ({message or 'no reason given'}); "
-                f"check {TOKEN_ENV} or the token= argument",
+                f"{head}: the API rejected the token from {self._token_source} "
+                f"({message or 'no reason given'}); {_token_fix(self._token_source)}",
                 **kw,
             )
         if code == 404:
@@ -490,10 +558,23 @@ class RunComfyClient:
             ) from exc
         return Download(uri=uri, content=b"".join(chunks), content_type=content_type, size=size)
 
+    def _body(self, response: httpx.Response) -> Any:
+        """The answer's JSON, scrubbed of the token; None when it is not JSON."""
+        try:
+            return self._scrub_any(response.json())
+        except ValueError:
+            return None
+
     def _scrub(self, text: str) -> str:
-        """Server text with the token blanked out, should the server ever echo it."""
+        """Server text with the token blanked out, should the server ever echo it.
+
+        ``Bearer <token>`` becomes ``Bearer [token]``; a URL-encoded copy goes too.
+        """
         secret = self._token.get_secret_value()
-        return text.replace(secret, "[token]") if secret and secret in text else text
+        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+            if form and form in text:
+                text = text.replace(form, "[token]")
+        return text
 
     def _scrub_any(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -515,6 +596,26 @@ class RunComfyClient:
 # --- helpers ---------------------------------------------------------------------------
 
 
+def _within(delay: float, deadline: float | None) -> float:
+    """``delay``, cut short to end at the deadline: one last look at the deadline itself."""
+    return delay if deadline is None else max(0.0, min(delay, deadline - timing.now()))
+
+
+def _completed(status: JobStatus, request_id: str) -> JobStatus:
+    """A terminal status if it completed; else the error its end deserves."""
+    state = status.state
+    if state is JobState.FAILED:
+        raise JobFailedError(
+            f"job {request_id} ended {status.status!r}: {status.error!r}",
+            request_id=request_id, status=status.status, error=status.error,
+        )
+    if state is JobState.CANCELLED:
+        raise JobCancelledError(
+            f"job {request_id} was cancelled", request_id=request_id, status=status.status
+        )
+    return status
+
+
 def _origin(url: httpx.URL) -> tuple[str, str, int]:
     default = 443 if url.scheme == "https" else 80
     return url.scheme, url.host, url.port or default
@@ -534,26 +635,33 @@ def _request_path(request_id: str, action: str) -> str:
     return f"/v1/requests/{quote(_check_id(request_id, 'request_id'), safe='')}/{action}"
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    body = response.json()
+def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValueError("expected a JSON object")
     return body
 
 
-def _cancel_answer(response: httpx.Response) -> tuple[bool, str | None]:
+def _cancel_answer(response: httpx.Response, body: Any) -> tuple[bool, str | None]:
     """(accepted, the job's status string if the answer says it) from a cancel answer."""
     if response.is_success:
-        status = _json_object(response).get("status")
+        status = _object(body).get("status")
         if not isinstance(status, str):
             raise ValueError("cancel answer without a status")
         return True, status
-    try:  # a refusal: its detail names the job's current status
-        detail = _json_object(response).get("detail")
-    except ValueError:
-        return False, None
+    # A refusal: its detail names the job's current status, if it says anything usable.
+    detail = body.get("detail") if isinstance(body, dict) else None
     status = detail.get("status") if isinstance(detail, dict) else None
     return False, status if isinstance(status, str) else None
+
+
+def _token_fix(source: str) -> str:
+    """What to do about a rejected token, given where it came from."""
+    provision = "`flashgen provision` stores RUNCOMFY_API_TOKEN in the Prefect Secret block"
+    if source == TOKEN_ENV:
+        return f"check {TOKEN_ENV} ({provision})"
+    if "Secret block" in source:
+        return f"put a valid token there: set {TOKEN_ENV} and run `flashgen provision`"
+    return f"check it, or set {TOKEN_ENV} ({provision})"
 
 
 def _completed_outputs(result: JobResult, request_id: str) -> list[tuple[str, str]]:

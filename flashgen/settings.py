@@ -1,6 +1,8 @@
 """Configuration from the environment; explicit arguments always win over it.
 
     RUNCOMFY_API_TOKEN      the API token (kept as a SecretStr; never logged)
+    FLASHGEN_TOKEN_BLOCK    the Prefect Secret block holding the token when the variable is
+                            unset (default "runcomfy-api-token"; `flashgen provision` makes it)
     RUNCOMFY_BASE_URL       the API's base URL (default https://model-api.runcomfy.net)
     FLASHGEN_BUCKET         S3 bucket for images, metadata, ledger and manifests
     FLASHGEN_PREFIX         key prefix inside the bucket (default "flashgen")
@@ -15,8 +17,16 @@
     FLASHGEN_MAX_IMAGE_BYTES / FLASHGEN_MAX_VIDEO_BYTES   download caps (50 MB / 100 MB)
     FLASHGEN_JOB_DEADLINE   seconds a job may take from submit to finish (default 900)
     FLASHGEN_POLL_INITIAL / FLASHGEN_POLL_MAXIMUM   status polling interval bounds (s)
+    FLASHGEN_JOB_TIME_PRIOR seconds a job is expected to run before this run has seen any
+                            finish (default 5); polls are timed around the expected end
     FLASHGEN_TASK_RETRY_DELAY       first delay between Prefect task retries (doubles; 2 s)
     FLASHGEN_TESTING        "1" removes every sleep (tests only)
+
+Entry points (the CLI, flows) read the environment once with ``get_settings()`` and pass
+the ``Settings`` on; nothing else reads it::
+
+    settings = get_settings()
+    client = RunComfyClient.from_settings(settings, token=await resolve_token(settings))
 """
 
 from __future__ import annotations
@@ -28,15 +38,24 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flashgen.errors import AuthenticationError
+
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
+TOKEN_ENV = "RUNCOMFY_API_TOKEN"
+DEFAULT_TOKEN_BLOCK = "runcomfy-api-token"
+DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+DEFAULT_MAX_VIDEO_BYTES = 100 * 1024 * 1024
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLASHGEN_", extra="ignore")
+    # populate_by_name: code and tests may say Settings(base_url=...), not only the aliases.
+    model_config = SettingsConfigDict(env_prefix="FLASHGEN_", extra="ignore",
+                                      populate_by_name=True)
 
     api_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("RUNCOMFY_API_TOKEN", "FLASHGEN_API_TOKEN")
     )
+    token_block: str = DEFAULT_TOKEN_BLOCK
     base_url: str = Field(
         DEFAULT_BASE_URL, validation_alias=AliasChoices("RUNCOMFY_BASE_URL", "FLASHGEN_BASE_URL")
     )
@@ -50,15 +69,16 @@ class Settings(BaseSettings):
     api_concurrency: int = Field(4, ge=1)
     concurrency_limit: str = "runcomfy-api"
     # Covers one submit: the client's submit budget with its retries, plus margin.
-    send_lease: float = Field(150.0, gt=0)
+    send_lease: float = Field(90.0, gt=0)
     state_dir: Path = Field(default_factory=lambda: Path(
         os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "flashgen")
     price_per_image: float | None = Field(None, ge=0)
-    max_image_bytes: int = 50 * 1024 * 1024
-    max_video_bytes: int = 100 * 1024 * 1024
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES
     job_deadline: float = Field(900.0, gt=0)
     poll_initial: float = Field(0.5, gt=0)
     poll_maximum: float = Field(5.0, gt=0)
+    job_time_prior: float = Field(5.0, gt=0)
     task_retry_delay: float = Field(2.0, ge=0)
 
 
@@ -68,21 +88,60 @@ def get_settings() -> Settings:
     return Settings()
 
 
-async def resolve_token(settings: Settings, token: SecretStr | str | None = None) -> SecretStr:
-    """The API token: ``token``, else RUNCOMFY_API_TOKEN, else the Prefect Secret block."""
-    if token:
-        return token if isinstance(token, SecretStr) else SecretStr(token)
-    if settings.api_token is not None and settings.api_token.get_secret_value():
-        return settings.api_token
-    from flashgen.errors import AuthenticationError
+class Token(SecretStr):
+    """An API token that knows where it came from, for error messages that say what to fix.
 
-    block = os.environ.get("FLASHGEN_TOKEN_BLOCK", "runcomfy-api-token")
+        >>> Token("abc", source="RUNCOMFY_API_TOKEN")
+        Token('**********', source='RUNCOMFY_API_TOKEN')
+    """
+
+    def __init__(self, value: str, *, source: str) -> None:
+        super().__init__(value)
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Token({str(self)!r}, source={self.source!r})"
+
+
+def token_help(settings: Settings) -> str:
+    """Where a token may come from, for any message about a missing or rejected one."""
+    return (
+        f"set {TOKEN_ENV}, or store it in the Prefect Secret block "
+        f"{settings.token_block!r} (`flashgen provision` creates it from {TOKEN_ENV})"
+    )
+
+
+async def resolve_token(settings: Settings, token: str | SecretStr | None = None) -> Token:
+    """The API token: ``token`` if given, else ``RUNCOMFY_API_TOKEN``, else the Prefect
+    Secret block named by ``FLASHGEN_TOKEN_BLOCK`` (``settings.token_block``).
+
+        client = RunComfyClient.from_settings(settings, token=await resolve_token(settings))
+
+    The result is a ``Token`` (a ``SecretStr``) whose ``source`` names where it came from.
+    Raises ``AuthenticationError`` naming all three places when none has a token.
+    """
+    if token is not None:
+        value = token.get_secret_value() if isinstance(token, SecretStr) else token
+        source = getattr(token, "source", "the token= argument")
+        if value.strip():
+            return Token(value, source=source)
+    if settings.api_token is not None and settings.api_token.get_secret_value().strip():
+        return Token(settings.api_token.get_secret_value(), source=TOKEN_ENV)
+    value = await _secret_block(settings.token_block)
+    if value:
+        return Token(value, source=f"the Prefect Secret block {settings.token_block!r}")
+    raise AuthenticationError(f"no RunComfy API token: {token_help(settings)}")
+
+
+async def _secret_block(name: str) -> str | None:
+    """The block's value, or None when it does not exist (or Prefect is not installed)."""
     try:
-        from prefect.blocks.system import Secret
-
-        secret = await Secret.aload(block)
-        return SecretStr(secret.get())
-    except ValueError:
-        raise AuthenticationError(
-            "no API token: set RUNCOMFY_API_TOKEN or create the Prefect Secret block "
-            f"'{block}' (flashgen provision does this)") from None
+        from prefect.blocks.system import Secret  # lazily: the core library needs no Prefect
+    except ImportError:
+        return None
+    try:
+        secret = await Secret.aload(name)
+    except ValueError:  # Prefect's answer for a block that does not exist
+        return None
+    value = secret.get()
+    return value.strip() if isinstance(value, str) and value.strip() else None

@@ -19,7 +19,7 @@ it does not exist (``If-None-Match: *``), ``replace_ledger`` overwrites only the
 caller read (``If-Match: <etag>``). Losing either race returns False; any other failure
 raises ``StorageError``, whose ``transient`` says whether trying again may help.
 
-    >>> store = Store.from_settings()                       # FLASHGEN_BUCKET, FLASHGEN_PREFIX, …
+    >>> store = Store.from_settings(get_settings())          # FLASHGEN_BUCKET, FLASHGEN_PREFIX, …
     >>> if store.claim(entry):                              # we own the key: submit it
     ...     obj = store.put_image(entry.key, png, "image/png", when=now)
     ...     store.put_record(record, when=now)
@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flashgen.errors import InputError, StorageError
 from flashgen.records import ImageRecord, LedgerEntry, ManifestRow
-from flashgen.settings import Settings, get_settings
+from flashgen.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class Store:
     @classmethod
     def from_settings(
         cls,
-        settings: Settings | None = None,
+        settings: Settings,
         *,
         bucket: str | None = None,
         prefix: str | None = None,
@@ -268,7 +268,6 @@ class Store:
 
         Explicit ``bucket`` and ``prefix`` win (``prefix=""`` means the bucket's root).
         """
-        settings = settings or get_settings()
         return cls(
             bucket or settings.bucket or "",
             settings.prefix if prefix is None else prefix,

@@ -1,19 +1,34 @@
 """The one place flashgen waits: ``sleep``, a clock, ``Backoff`` and ``retry``.
 
 Every pause in the library goes through :func:`sleep`, so one switch removes them all in
-tests (as ``stamina.set_testing`` does). In test mode a sleep only yields to the event loop
-and records the seconds it was asked for, and :func:`now` advances by those seconds, so
-deadlines and retry budgets behave exactly as in production without wall-clock waits::
+tests (as ``stamina.set_testing`` does). In test mode the clock is fully virtual: a sleep
+only yields to the event loop and records the seconds it was asked for, and :func:`now`
+advances by exactly those seconds and nothing else. Deadlines, retry budgets and poll
+times are then the same on a loaded machine as on an idle one::
 
     timing.set_testing()
+    start = timing.now()
     await timing.sleep(3.0)              # returns at once
-    assert timing.recorded_sleeps() == [3.0]
+    assert timing.recorded_sleeps() == [3.0] and timing.now() - start == 3.0
 
-``FLASHGEN_TESTING=1`` in the environment turns test mode on as well.
+Sleeps add up even when they overlap (two tasks sleeping 1 s each move the clock 2 s), so
+a test that measures time on it runs one waiter at a time.
+
+``FLASHGEN_TESTING=1`` in the environment turns test mode on as well. Pass ``timing.now``
+as the emulator's clock (``create_app(config, clock=timing.now)``) and jobs run on the
+same virtual time as the client that polls them.
 
 Retrying is explicit about what it retries (``on=`` has no default)::
 
     handle = await retry(lambda: send_once(), on=is_transient, backoff=Backoff(attempts=4))
+
+Why not ``stamina``: it does exponential backoff with jitter, a time budget and a
+Retry-After hook just as well, but it waits with its own sleep and measures its budget on
+the wall clock, and its test mode caps attempts rather than keeping them. ``retry`` waits
+through :func:`sleep` and measures with :func:`now`, so under the virtual clock a test sees
+the production number of attempts, the exact waits and budgets, and no wall time; and it
+gives up *before* a wait that would overrun the budget (a Retry-After of 600 s against a
+120 s budget raises at once instead of sleeping first).
 """
 
 from __future__ import annotations
@@ -33,7 +48,8 @@ log = logging.getLogger("flashgen.timing")
 
 _testing_override: bool | None = None
 _recorded: list[float] = []
-_virtual_offset = 0.0  # seconds "slept" in test mode, added to now()
+# The virtual clock: starts where the real one stood at import, moves only by sleeps.
+_virtual_now = time.monotonic()
 
 
 def set_testing(enabled: bool = True) -> None:
@@ -60,17 +76,17 @@ def clear_recorded() -> None:
 
 
 def now() -> float:
-    """Monotonic seconds; in test mode it also counts the sleeps that were skipped."""
-    return time.monotonic() + _virtual_offset
+    """Monotonic seconds; in test mode only the virtual time that sleeps have added."""
+    return _virtual_now if is_testing() else time.monotonic()
 
 
 async def sleep(seconds: float) -> None:
     """Wait ``seconds`` (negative counts as zero). In test mode: record, yield, return."""
-    global _virtual_offset
+    global _virtual_now
     seconds = max(0.0, float(seconds))
     if is_testing():
         _recorded.append(seconds)
-        _virtual_offset += seconds
+        _virtual_now += seconds
         await asyncio.sleep(0)  # still a yield point, so other tasks (an emulator) progress
         return
     await asyncio.sleep(seconds)

@@ -272,8 +272,7 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
         if problem:
             raise BudgetError(f"{problem}; nothing sent. " + "; ".join(run_plan.lines()[-2:]))
 
-        async with RunComfyClient(token=await resolve_token(settings),
-                                  base_url=settings.base_url) as client:
+        async with RunComfyClient.from_settings(settings, await resolve_token(settings)) as client:
             await _check_token(client)
             if options.dry_run:
                 return BatchSummary(batch_id=batch_id, plan=run_plan, dry_run=True,

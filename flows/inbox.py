@@ -52,6 +52,7 @@ from prefect.events import Event
 from prefect.runtime import flow_run as runtime_flow_run
 
 from flashgen.sources import FORMATS
+from flashgen.settings import get_settings
 from flashgen.storage import ListedObject, Store
 from flows.events import PROMPTS_UPLOADED, send_event
 
@@ -278,7 +279,7 @@ async def watch_inbox(
         claim_ttl_seconds: after this long a file claimed but not marked sent (its sensor
             died) is sent again by the next pass.
     """
-    store = Store.from_settings(bucket=bucket, prefix=prefix)
+    store = Store.from_settings(get_settings(), bucket=bucket, prefix=prefix)
     owner = f"flow-run/{runtime_flow_run.get_id() or 'local'}@{socket.gethostname()}"
     async with get_client() as client:
         async def send(event: Event) -> None:

@@ -50,7 +50,7 @@ def _main(out: Path, job_time: float, concurrency: int) -> int:
         get_settings.cache_clear()
         print(f"emulator  {api.url}\nS3 (moto) {s3.url}  bucket {BUCKET}\n"
               f"prompts   {DEMO_PROMPTS}\n", flush=True)
-        store = Store.from_settings()
+        store = Store.from_settings(get_settings())
         store.ensure_bucket()
         asyncio.run(ensure_api_limit(get_settings().concurrency_limit, concurrency))
 

@@ -13,7 +13,7 @@ lifespan, and no state is tied to an event loop (see ``jobs.py``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Request, Security
@@ -65,9 +65,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(config: EmulatorConfig | None = None) -> FastAPI:
-    """A fresh emulator: its own jobs, counters and faults."""
-    emulator = Emulator(config or EmulatorConfig())
+def create_app(
+    config: EmulatorConfig | None = None, *, clock: Callable[[], float] | None = None
+) -> FastAPI:
+    """A fresh emulator: its own jobs, counters and faults.
+
+    ``clock`` (seconds, monotonic) runs the jobs and link expiry; tests pass
+    ``flashgen.timing.now`` so that jobs take virtual time, exactly as long as configured.
+    """
+    emulator = Emulator(config or EmulatorConfig(), clock=clock)
     app = FastAPI(
         title="RunComfy Model API (flashgen emulator)", description=DESCRIPTION, version="1"
     )
@@ -120,8 +126,12 @@ def _api_routes(emulator: Emulator) -> APIRouter:
     )
     async def submit(model_id: str, request: Request) -> Response:
         body = await request.body()
+        # Kept only for the job:echo-auth fault, which plays an API that leaks it.
+        auth = request.headers.get("authorization")
         return await answer(
-            emulator, "submit", lambda: JSONResponse(emulator.submit(model_id, body, base(request)))
+            emulator,
+            "submit",
+            lambda: JSONResponse(emulator.submit(model_id, body, base(request), auth=auth)),
         )
 
     @router.get(

@@ -1,6 +1,7 @@
 """``flashgen emulator``: serve the emulator until interrupted.
 
     flashgen emulator --port 8188 --workers 2 --job-time 0.5 --fault status:429:0.2
+    flashgen emulator --fault job:echo-auth:1     # failed jobs leak the token in `error`
 
 Every option left out falls back to its ``FLASHGEN_EMULATOR_*`` variable, then to the
 default; ``EmulatorConfig`` does that, so the command only passes on what was given, and
@@ -30,7 +31,11 @@ def _about(field: str, extra: str = "") -> str:
 
 
 _LIST = "; repeatable (the variable takes a comma-separated list)"
-_FAULTS = f"{_LIST}; ROUTE: {', '.join(ROUTES)}, *; KIND: {', '.join(KINDS)}; RATE: 0 to 1"
+_FAULTS = (
+    f"{_LIST}; ROUTE: {', '.join(ROUTES)}, *; KIND: {', '.join(KINDS)}; RATE: 0 to 1; "
+    "job kinds: stall (never ends), fail, echo-auth (fails with the submit's Authorization "
+    "header in its error)"
+)
 
 
 def emulator_command(

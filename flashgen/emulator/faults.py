@@ -8,6 +8,11 @@ Each route draws from its own ``random.Random`` seeded from ``seed``, so what on
 meets never depends on how often another was called. One draw per call: the rates of
 the faults that apply to a route add up (at most 1), and the first spec whose share
 the draw falls into wins.
+
+Job faults are drawn once, at submit: ``stall`` runs for ever, ``fail`` ends ``failed``,
+and ``echo-auth`` ends ``failed`` with an ``error`` that quotes the submit's
+``Authorization`` header (token and all), as an API that echoes requests might; a client
+must never pass that on.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ ROUTE_KINDS: dict[str, tuple[str, ...]] = {
     "result": _HTTP_KINDS,
     "cancel": _HTTP_KINDS,
     "file": (*_HTTP_KINDS, "expired", "corrupt"),
-    "job": ("stall", "fail"),
+    "job": ("stall", "fail", "echo-auth"),
 }
 ROUTES = tuple(ROUTE_KINDS)
 KINDS = tuple(dict.fromkeys(kind for kinds in ROUTE_KINDS.values() for kind in kinds))

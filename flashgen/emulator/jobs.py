@@ -35,6 +35,7 @@ class Job:
     submitted_at: float  # all times are on the queue's clock
     duration: float
     fails: bool = False
+    echo: str | None = None  # an Authorization header its error leaks (job:echo-auth)
     model_id: str = ""
     inputs: dict[str, Any] = field(default_factory=dict)
     started_at: float | None = None

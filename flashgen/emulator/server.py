@@ -11,6 +11,8 @@ and ``.url`` is known at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import asyncio
 import logging
 import socket
@@ -46,9 +48,15 @@ class EmulatorServer:
     """The emulator under uvicorn in a background thread, for tests and the demo."""
 
     def __init__(
-        self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: EmulatorConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config or EmulatorConfig()
+        self.clock = clock  # see create_app
         self.host = host
         self.port = port
         self.url = ""
@@ -58,7 +66,7 @@ class EmulatorServer:
     def start(self, timeout: float = 10.0) -> Self:
         sock = _bind(self.host, self.port)
         self.url = _url(sock)
-        self._server = server = _server(self.config, quiet=True)
+        self._server = server = _server(self.config, quiet=True, clock=self.clock)
         self._thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="flashgen-emulator", daemon=True
         )
@@ -116,11 +124,13 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _server(config: EmulatorConfig, *, quiet: bool) -> uvicorn.Server:
+def _server(
+    config: EmulatorConfig, *, quiet: bool, clock: Callable[[], float] | None = None
+) -> uvicorn.Server:
     logging.getLogger("uvicorn.error").addFilter(_hide_deliberate_drops)
     return uvicorn.Server(
         uvicorn.Config(
-            create_app(config),
+            create_app(config, clock=clock),
             lifespan="off",  # nothing to start: the app works without it (see jobs.py)
             log_level="warning" if quiet else "info",
             access_log=not quiet,

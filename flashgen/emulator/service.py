@@ -17,6 +17,7 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,15 +35,15 @@ JOB_FAILED = {"code": 500001, "message": "the job failed (emulated fault job:fai
 
 
 class Emulator:
-    def __init__(self, config: EmulatorConfig) -> None:
+    def __init__(self, config: EmulatorConfig, clock: Callable[[], float] | None = None) -> None:
         self.config = config
-        self.jobs = JobQueue(config.workers)
+        self.jobs = JobQueue(config.workers, clock or time.monotonic)
         self.stats = Stats()
         self.faults = FaultPlan(config.faults, config.fault_seed)
-        self.links = LinkSigner(config.link_ttl)
+        self.links = LinkSigner(config.link_ttl, clock or time.time)
         self._durations = random.Random(config.job_time_seed)
-        # Job times are monotonic; answers show them as wall-clock UTC.
-        self._wall_offset = time.time() - time.monotonic()
+        # Job times are on the queue's clock; answers show them as wall-clock UTC.
+        self._wall_offset = time.time() - self.jobs.clock()
 
     def draw_fault(self, route: str) -> str | None:
         """The fault this call meets (counted), or None."""
@@ -51,7 +52,10 @@ class Emulator:
             self.stats.faults_injected[kind] += 1
         return kind
 
-    def submit(self, model_id: str, body: bytes, base: str) -> dict[str, Any]:
+    def submit(
+        self, model_id: str, body: bytes, base: str, auth: str | None = None
+    ) -> dict[str, Any]:
+        """Queue a job; ``auth`` is the submit's Authorization header (for job:echo-auth)."""
         inputs = checked_inputs(model_id, body)
         mean, spread = self.config.job_time, self.config.job_time_spread
         # Drawn even for a stalled job, so that faults never shift the other jobs' times.
@@ -60,7 +64,8 @@ class Emulator:
         job = self.jobs.submit(
             str(uuid.uuid4()),
             duration=NEVER if fault == "stall" else duration,
-            fails=fault == "fail",
+            fails=fault in ("fail", "echo-auth"),
+            echo=auth if fault == "echo-auth" else None,
             model_id=model_id,
             inputs=inputs,
         )
@@ -163,7 +168,7 @@ class Emulator:
             body["queue_position"] = self.jobs.position(job)
         body.update(self._urls(job.id, base))
         if status == "failed":
-            body["error"] = dict(JOB_FAILED)
+            body["error"] = _job_error(job)
         return body
 
     def _urls(self, request_id: str, base: str) -> dict[str, str]:
@@ -177,6 +182,19 @@ class Emulator:
             return None
         moment = datetime.fromtimestamp(monotonic + self._wall_offset, UTC)
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _job_error(job: Job) -> dict[str, Any]:
+    """A failed job's ``error``; under job:echo-auth it leaks the submit's credentials, as
+    a careless API might, so that clients can prove they never pass them on."""
+    if job.echo is None:
+        return dict(JOB_FAILED)
+    return {
+        "code": 500001,
+        "message": f"the job failed (emulated fault job:echo-auth); request had "
+        f"Authorization: {job.echo}",
+        "request": {"headers": {"authorization": job.echo}},
+    }
 
 
 def _file_path(request_id: str, index: int) -> str:

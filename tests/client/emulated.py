@@ -1,5 +1,8 @@
 """The emulator, in-process or on a real socket, behind one small handle for client tests.
 
+Its jobs and links run on ``timing.now``, the test's virtual clock: a job of 2 s ends when
+the client has slept 2 s, however slow the machine.
+
     async with emulated("socket", job_time=0.05) as emu:
         async with emu.client() as client:
             await client.submit(DEFAULT_MODEL, {"prompt": "a fox"})
@@ -20,6 +23,7 @@ from typing import Any
 import httpx
 from client_fakes import TOKEN
 
+from flashgen import timing
 from flashgen.client import RunComfyClient
 from flashgen.emulator import EmulatorConfig, EmulatorServer, create_app
 from flashgen.emulator.faults import FaultPlan
@@ -74,11 +78,11 @@ async def emulated(mode: str, **config: Any) -> AsyncIterator[Emulated]:
     settings = EmulatorConfig(**{"job_time": 0.05, "job_time_spread": 0.0, **config})
     if mode == "in-process":
         emu = Emulated(mode, "http://emulator.test",
-                       httpx.ASGITransport(app=create_app(settings)))
+                       httpx.ASGITransport(app=create_app(settings, clock=timing.now)))
         async with emu._admin:
             yield emu
         return
-    server = EmulatorServer(settings).start()
+    server = EmulatorServer(settings, clock=timing.now).start()
     transport = httpx.AsyncHTTPTransport()
     try:
         emu = Emulated(mode, server.url, transport)

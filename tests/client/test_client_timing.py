@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,14 +15,20 @@ from flashgen.polling import PollLog, PollSchedule
 from flashgen.timing import Backoff, retry
 
 
-async def test_testing_sleeps_are_recorded_and_advance_the_clock() -> None:
+async def test_testing_sleeps_are_recorded_and_advance_the_clock_exactly() -> None:
     before = timing.now()
     await timing.sleep(3.0)
     await timing.sleep(-1)  # negative waits count as zero
     assert timing.recorded_sleeps() == [3.0, 0.0]
-    assert timing.now() - before >= 3.0
+    assert timing.now() - before == 3.0
     timing.clear_recorded()
     assert timing.recorded_sleeps() == []
+
+
+def test_the_virtual_clock_ignores_real_time() -> None:
+    before = timing.now()
+    time.sleep(0.02)  # real time passes (a loaded machine), virtual time does not
+    assert timing.now() == before
 
 
 def test_env_variable_turns_testing_on(monkeypatch: pytest.MonkeyPatch) -> None:

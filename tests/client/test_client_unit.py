@@ -7,8 +7,9 @@ import pytest
 from client_fakes import API, TOKEN, Script, answer, problem
 from pydantic import SecretStr
 
+from flashgen import client as client_module
 from flashgen import timing
-from flashgen.client import RunComfyClient
+from flashgen.client import DEFAULT_RETRIES, RunComfyClient
 from flashgen.errors import (
     AccountError,
     AmbiguousSubmissionError,
@@ -26,6 +27,7 @@ from flashgen.errors import (
 )
 from flashgen.models import DEFAULT_MODEL, CancelOutcome, JobResult
 from flashgen.polling import PollLog, PollSchedule
+from flashgen.settings import Settings, Token
 from flashgen.timing import Backoff
 
 HANDLE = {
@@ -48,24 +50,55 @@ def status(state: str, **extra) -> httpx.Response:
 # --- construction and secrecy -------------------------------------------------------------
 
 
-def test_missing_token_fails_at_construction_naming_the_variable() -> None:
-    with pytest.raises(AuthenticationError, match="RUNCOMFY_API_TOKEN"):
-        RunComfyClient(base_url=API)
+def test_missing_token_fails_at_construction_naming_where_to_put_one() -> None:
+    with pytest.raises(AuthenticationError) as caught:
+        RunComfyClient.from_settings(Settings(base_url=API))
+    for hint in ("RUNCOMFY_API_TOKEN", "'runcomfy-api-token'", "flashgen provision"):
+        assert hint in str(caught.value)
     with pytest.raises(AuthenticationError):
         RunComfyClient("  ", API)
 
 
-async def test_token_from_env_and_explicit_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_token_from_settings_and_explicit_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNCOMFY_API_TOKEN", "from-env")
     monkeypatch.setenv("RUNCOMFY_BASE_URL", API)
+    settings = Settings()
     script = Script(status("in_queue"))
-    async with RunComfyClient(transport=script.transport) as client:
+    async with RunComfyClient.from_settings(settings, transport=script.transport) as client:
         await client.status("req-1")
-    async with RunComfyClient(SecretStr("explicit"), transport=script.transport) as client:
+    async with RunComfyClient.from_settings(settings, SecretStr("explicit"),
+                                            transport=script.transport) as client:
         await client.status("req-1")
     assert [r.headers["authorization"] for r in script.requests] == [
         "Bearer from-env", "Bearer explicit"]
     assert str(script.requests[0].url).startswith(API)
+
+
+async def test_poll_bounds_prior_and_caps_come_from_the_settings() -> None:
+    settings = Settings(base_url=API, poll_initial=0.2, poll_maximum=0.4, job_time_prior=3.0,
+                        max_image_bytes=1000)
+    script = file_host(b"\0" * 2000)
+    async with RunComfyClient.from_settings(settings, TOKEN,
+                                            transport=script.transport) as client:
+        assert client.estimator.expected() == 3.0
+        assert (client._poll.initial, client._poll.maximum) == (0.2, 0.4)
+        with pytest.raises(DownloadError, match="1000-byte cap"):
+            await client.download("https://cdn.test/big.png")
+
+
+async def test_a_rejected_token_names_its_source_and_flashgen_provision() -> None:
+    script = Script(problem(401, 401001, "invalid token"))
+    from_env = RunComfyClient.from_settings(Settings(base_url=API, api_token=SecretStr(TOKEN)),
+                                            transport=script.transport)
+    block = Token(TOKEN, source="the Prefect Secret block 'runcomfy-api-token'")
+    from_block = RunComfyClient(block, API, transport=script.transport)
+    for client, source in ((from_env, "RUNCOMFY_API_TOKEN"),
+                           (from_block, "the Prefect Secret block 'runcomfy-api-token'")):
+        async with client:
+            with pytest.raises(AuthenticationError) as caught:
+                await client.status("req-1")
+        assert f"rejected the token from {source}" in str(caught.value)
+        assert "flashgen provision" in str(caught.value)
 
 
 def test_repr_never_shows_the_token() -> None:
@@ -214,12 +247,38 @@ async def test_status_retries_blips_then_succeeds(blip) -> None:
 
 async def test_status_gives_up_after_the_attempts_naming_the_request() -> None:
     script = Script(problem(502, 502000, "bad gateway"))
-    async with client_for(script, backoff=Backoff(attempts=4)) as client:
+    async with client_for(script, retries={"status": Backoff(attempts=5)}) as client:
         with pytest.raises(TransientApiError) as caught:
             await client.status("req-1")
-    assert len(script.requests) == 4
+    assert len(script.requests) == 5
     assert caught.value.transient and caught.value.request_id == "req-1"
     assert "req-1" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("call", "attempts"),
+    [("status", 4), ("result", 4), ("cancel", 3), ("submit", 4), ("download", 3)],
+)
+async def test_each_call_is_attempted_exactly_as_the_retry_table_says(
+    call: str, attempts: int
+) -> None:
+    """The module docstring's table: a server that never recovers gets exactly N tries."""
+    down = httpx.ConnectError("refused") if call == "submit" else problem(503, 503000, "down")
+    script = Script(down)
+    async with client_for(script) as client:
+        with pytest.raises((TransientApiError, DownloadError)) as caught:
+            if call == "submit":
+                await client.submit(DEFAULT_MODEL, {"prompt": "p"})
+            elif call == "download":
+                await client.download("https://cdn.test/x.png")
+            else:
+                await getattr(client, call)("req-1")
+    assert caught.value.transient
+    assert len(script.requests) == attempts == DEFAULT_RETRIES[call].attempts
+    row = next(line for line in client_module.__doc__.splitlines()
+               if line.strip().startswith(call + " "))
+    assert row.split()[1] == str(attempts)
+    assert sum(timing.recorded_sleeps()) <= DEFAULT_RETRIES[call].budget
 
 
 async def test_status_429_beyond_the_budget_is_raised_with_retry_after() -> None:
@@ -348,12 +407,19 @@ async def test_wait_raises_job_cancelled() -> None:
 
 async def test_wait_raises_at_the_deadline_and_polls_a_bounded_number_of_times() -> None:
     script = Script(status("in_progress"))
+    started = timing.now()
     async with client_for(script, poll=PollSchedule(initial=1.0, maximum=5.0)) as client:
         with pytest.raises(JobDeadlineError) as caught:
             await client.wait("req-1", timeout=30)
     assert caught.value.transient and caught.value.request_id == "req-1"
-    assert sum(timing.recorded_sleeps()) == pytest.approx(30, abs=0.1)
-    assert len(script.requests) <= 30  # running: every 1–4 s, never faster than initial
+    assert timing.now() - started == pytest.approx(30, abs=1e-9)  # the clock is virtual
+    # A look at once, one every quarter of the 5 s prior up to 4.75 s, then every 5 % of
+    # the time it has run: 4.75 * 1.05 ** 38 > 30, so 43 polls at most.
+    assert len(script.requests) <= 43
+    gaps = timing.recorded_sleeps()
+    assert gaps[:4] == pytest.approx([1.25, 1.25, 1.25, 1.0])
+    close = gaps[4:-1]  # the last gap is cut short by the deadline
+    assert close == sorted(close) and close[0] == pytest.approx(0.05 * 5.0)
 
 
 # --- download -------------------------------------------------------------------------------
@@ -432,10 +498,11 @@ async def test_download_retries_5xx_and_transport_errors() -> None:
     assert len(script.requests) == 3
 
     script = Script(httpx.Response(502))
-    async with client_for(script, backoff=Backoff(attempts=3)) as client:
+    async with client_for(script) as client:
         with pytest.raises(DownloadError) as caught:
             await client.download("https://cdn.test/x.png")
-    assert caught.value.transient and len(script.requests) == 3
+    assert caught.value.transient
+    assert len(script.requests) == DEFAULT_RETRIES["download"].attempts == 3
 
 
 # --- fetch_outputs --------------------------------------------------------------------------
