@@ -62,8 +62,9 @@ from flashgen.storage import Store
 
 log = logging.getLogger(__name__)
 
-# Recording a request_id: this many PutObject calls (each retried by botocore up to 5 times),
-# RECORD_BACKOFF seconds apart, doubling: 1+2+4+8+16+30 ≈ 61 s of S3 outage ridden out.
+# Recording a request_id: this many PutObject calls (each tried by botocore up to
+# storage.S3_ATTEMPTS times), RECORD_BACKOFF seconds apart, doubling: 1+2+4+8+16+30 s
+# between calls, so at most 7 × 8 = 56 PUTs and minutes of S3 outage ridden out.
 RECORD_ATTEMPTS = 7
 RECORD_BACKOFF = 1.0
 RECORD_BACKOFF_CAP = 30.0

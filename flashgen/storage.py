@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 # asyncio.to_thread's default executor runs up to 32 threads; give each one a connection.
 MAX_POOL_CONNECTIONS = 32
+S3_ATTEMPTS = 8
 SSE_ALGORITHMS = ("AES256", "aws:kms", "aws:kms:dsse")
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
@@ -208,7 +209,9 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None) -
     if endpoint_url and session.region_name is None:
         session = boto3.session.Session(region_name="us-east-1")
     config = Config(
-        retries={"mode": "standard", "max_attempts": 5},
+        # The one layer that retries S3 calls (ledger request_ids add their own, see
+        # flashgen.ledger): 8 attempts, backoff up to 20 s, rides out ~1 min of throttling.
+        retries={"mode": "standard", "max_attempts": S3_ATTEMPTS},
         max_pool_connections=MAX_POOL_CONNECTIONS,
         connect_timeout=10,
         read_timeout=60,

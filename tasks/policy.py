@@ -3,7 +3,7 @@
 Which layer retries what (one layer per concern):
 
 - an HTTP call is retried by the client (its own table, ``flashgen.client``);
-- an S3 call by botocore (standard mode, 5 attempts); a request_id by the ledger as well
+- an S3 call by botocore (standard mode, ``storage.S3_ATTEMPTS``); a request_id by the ledger
   (``flashgen.ledger.RECORD_ATTEMPTS``), because it may be the only copy;
 - a task is retried by Prefect (``RETRIES`` times) only when its error is transient and a
   retry cannot pay twice: the submit task asks the ledger first, so its retry resumes a

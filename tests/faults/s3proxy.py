@@ -5,7 +5,7 @@ proxy leaves moto running and breaks the path to it instead::
 
     with S3FaultProxy(moto_url) as proxy:          # point AWS_ENDPOINT_URL at proxy.url
         proxy.outage_after(r"/ledger/", b'"state":"submitted"', seconds=11)
-        proxy.slow_down(r"PUT .*/images/", times=3) # 503 SlowDown, as S3 throttles
+        proxy.slow_down(r"^PUT ", times=12, every=2)  # 503 SlowDown, as S3 throttles
 
 An outage drops every connection without an answer (botocore sees the connection closed,
 as when S3 refuses connections) from the first matching request until ``seconds`` later.
@@ -32,6 +32,8 @@ class _Rule:
     kind: str  # "outage" or "slowdown"
     seconds: float = 0.0
     times: int = 0
+    every: int = 1
+    seen: int = 0
 
 
 class S3FaultProxy:
@@ -111,10 +113,11 @@ class S3FaultProxy:
         with self._lock:
             self._rules.append(_Rule(re.compile(pattern), body, "outage", seconds=seconds))
 
-    def slow_down(self, pattern: str, *, times: int) -> None:
-        """Answer the next ``times`` matching requests 503 SlowDown."""
+    def slow_down(self, pattern: str, *, times: int, every: int = 1) -> None:
+        """Answer ``times`` of the matching requests 503 SlowDown: one in ``every``."""
         with self._lock:
-            self._rules.append(_Rule(re.compile(pattern), None, "slowdown", times=times))
+            self._rules.append(_Rule(re.compile(pattern), None, "slowdown", times=times,
+                                     every=every))
 
     def _verdict(self, line: str, body: bytes) -> str | None:
         with self._lock:
@@ -127,6 +130,9 @@ class S3FaultProxy:
                     self._outage_until = now + rule.seconds
                     self.outages += 1
                 elif rule.kind == "slowdown":
+                    rule.seen += 1
+                    if (rule.seen - 1) % rule.every:
+                        continue
                     rule.times -= 1
                     if rule.times <= 0:
                         self._rules.remove(rule)

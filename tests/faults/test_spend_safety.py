@@ -26,10 +26,10 @@ def test_s3_unavailable_right_after_a_submit_pays_once(fault_stack):
 
 def test_s3_throttling_is_ridden_out(fault_stack):
     source = fault_stack.prompts(4)
-    fault_stack.proxy.slow_down(r"^PUT ", times=12)
+    fault_stack.proxy.slow_down(r"^(PUT|GET) ", times=20, every=2)
     done = fault_stack.batch(source, "--batch-id", "slowdown")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert fault_stack.proxy.throttled == 12
+    assert fault_stack.proxy.throttled == 20
     assert fault_stack.check("slowdown", inputs=4) == {"stored": 4}
     assert fault_stack.api.stats()["submissions"] == 4
 
