@@ -2,7 +2,7 @@
 
 A truncated or corrupt PNG still has a readable header, so reading its size proves
 nothing: ``verify_output`` decodes every pixel. A file that does not decode raises a
-transient ``DownloadError``: the job is paid for, so the caller fetches it again from its
+``CorruptDownloadError`` (transient): the job is paid for, so the caller fetches it again from its
 request_id, never resubmits.
 
     >>> import io; from PIL import Image
@@ -12,7 +12,7 @@ request_id, never resubmits.
     >>> verify_output(buffer.getvalue()[:-20], "image/png")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    flashgen.errors.DownloadError: the image/png file does not decode: ...
+    flashgen.errors.CorruptDownloadError: the image/png file does not decode: ...
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import warnings
 
 from PIL import Image
 
-from flashgen.errors import DownloadError
+from flashgen.errors import CorruptDownloadError
 
 # Far above any output of the model (1440 × 1440); refuses decompression bombs.
 MAX_PIXELS = 64_000_000
@@ -32,7 +32,7 @@ def verify_output(data: bytes, content_type: str, *,
                   request_id: str | None = None) -> tuple[int, int] | None:
     """``(width, height)`` of an image that decodes completely; None for non-images (video).
 
-    Raises ``DownloadError(transient=True)`` when the bytes are not a whole image.
+    Raises ``CorruptDownloadError`` when the bytes are not a whole image.
     """
     if not content_type.lower().startswith("image/"):
         return None
@@ -47,5 +47,5 @@ def verify_output(data: bytes, content_type: str, *,
                 image.load()  # every pixel: a truncated stream fails here
                 return image.size
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, …
-        raise DownloadError(f"the {content_type} file does not decode: {exc}",
-                            request_id=request_id, transient=True) from None
+        raise CorruptDownloadError(f"the {content_type} file does not decode: {exc}",
+                                   request_id=request_id) from None

@@ -18,6 +18,7 @@
     │   ├── JobCancelledError       the job ended cancelled
     │   └── JobDeadlineError        still not finished at the caller's deadline (transient)
     ├── DownloadError               an output file could not be fetched or was refused
+    │   └── CorruptDownloadError    it arrived, but does not decode: fetch it again (transient)
     └── StorageError                S3 said no (other than a lost race for a claim)
 
 Transient vs permanent is one attribute, ``transient``; ``is_transient(exc)`` is the
@@ -173,6 +174,16 @@ class DownloadError(FlashgenError):
     ) -> None:
         self.status_code = status_code
         super().__init__(message, request_id=request_id, transient=transient)
+
+
+class CorruptDownloadError(DownloadError):
+    """The file arrived but is not a whole image (truncated, corrupt): fetch it again.
+
+    Transient: the job is paid and its outputs are still there, so a refetch from the
+    request_id may succeed; it is never a reason to resubmit.
+    """
+
+    transient = True
 
 
 class StorageError(FlashgenError):
