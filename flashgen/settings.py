@@ -14,6 +14,7 @@
     FLASHGEN_JOB_DEADLINE   seconds a job may take from submit to finish (default 900)
     FLASHGEN_POLL_INITIAL / FLASHGEN_POLL_MAXIMUM   status polling interval bounds (s)
     FLASHGEN_TASK_RETRY_DELAY       first delay between Prefect task retries (doubles; 2 s)
+    FLASHGEN_GALLERY_URL_TTL        seconds the gallery's presigned links work (default 7 days)
     FLASHGEN_TESTING        "1" removes every sleep (tests only)
 """
 
@@ -53,6 +54,8 @@ class Settings(BaseSettings):
     poll_initial: float = Field(0.5, gt=0)
     poll_maximum: float = Field(5.0, gt=0)
     task_retry_delay: float = Field(2.0, ge=0)
+    # 7 days is also the longest a SigV4-presigned S3 URL may live.
+    gallery_url_ttl: int = Field(7 * 24 * 3600, ge=1, le=7 * 24 * 3600)
 
 
 @lru_cache
