@@ -229,6 +229,9 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None) -
         connect_timeout=10,
         read_timeout=60,
         s3={"addressing_style": "path"} if endpoint_url else None,
+        # Requests are SigV4 anyway; without this, presigned URLs would be legacy SigV2 in
+        # us-east-1, which KMS-encrypted objects and newer regions refuse.
+        signature_version="s3v4",
     )
     return session.client("s3", endpoint_url=endpoint_url, config=config)
 
