@@ -243,3 +243,38 @@ def test_local_gallery_opens_in_a_browser_with_no_network(browser, store, tmp_pa
     index = write_local_gallery(store, batch.batch_id, tmp_path / "gallery")
     _check_in_browser(browser, index.as_uri(), batch, ARTIFACTS / "gallery-local.png",
                       offline=True)
+
+
+# --- in Prefect ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_artifacts_link_the_gallery_and_show_the_first_images(prefect_server, store):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.views import publish_view_artifacts
+
+    batch = write_batch(store, "Spring_Campaign.v2", WHEN)
+    views = publish_batch_views(store, batch.batch_id, batch.rows, records=batch.records,
+                                settings=Settings())
+
+    @flow  # as at the end of generate-images
+    async def end_of_batch() -> None:
+        await publish_view_artifacts(views, batch.rows, batch.records)
+
+    await end_of_batch()
+
+    keys = ["gallery-spring-campaign-v2", "gallery-spring-campaign-v2-image-1",
+            "gallery-spring-campaign-v2-image-2"]
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    by_key = {artifact.key: artifact for artifact in found}
+    assert set(by_key) == set(keys)  # two stored images: two image artifacts, no third
+    link = by_key["gallery-spring-campaign-v2"]
+    assert link.type == "markdown" and views.gallery_url.split("?")[0] in link.data
+    image = by_key["gallery-spring-campaign-v2-image-1"]
+    assert image.type == "image" and image.data == views.previews[0].url
+    assert "A red fox in fresh snow" in image.description and "1440×810" in image.description
