@@ -7,6 +7,8 @@
     flashgen batch prompts.csv --bucket my-bucket --concurrency 8
     flashgen demo                          the whole job on a local stack
     flashgen provision                     bucket, limits, pool, blocks, automations
+    flashgen gallery BATCH_ID [--out DIR]  the batch's gallery: a presigned link, a local copy
+    flashgen catalog rebuild               the Parquet catalog of every batch in the bucket
 
 Prefect is imported only by the commands that run flows, so ``--help`` stays quick and
 the demo can point Prefect at its own home before Prefect reads its settings.
@@ -168,6 +170,71 @@ def demo(
     from infra.demo import run_demo
 
     raise typer.Exit(run_demo(out=out, job_time=job_time, concurrency=concurrency))
+
+
+@app.command()
+def gallery(
+    batch_id: Annotated[str, typer.Argument(help="The batch (its manifest's name).")],
+    out: Annotated[Path | None, typer.Option(
+        help="Also copy the images and a page that opens offline into this folder.")] = None,
+    bucket: BucketOpt = None,
+    prefix: PrefixOpt = None,
+) -> None:
+    """Publish (or refresh) a batch's gallery in S3 and print its presigned link."""
+    from flashgen.batch_records import read_records
+    from flashgen.gallery import publish_gallery, write_local_gallery
+    from flashgen.settings import get_settings
+
+    settings = get_settings()
+    try:
+        store = _store_with_manifest(batch_id, bucket, prefix)
+        rows = store.read_manifest(batch_id)
+        records = read_records(store, rows)
+        page = publish_gallery(store, batch_id, rows, records,
+                               expires_in=settings.gallery_url_ttl)
+        index = None
+        if out is not None:
+            index = write_local_gallery(store, batch_id, out, rows=rows, records=records)
+    except InputError as exc:
+        _fail(exc, 2)
+    except (FlashgenError, OSError) as exc:
+        _fail(exc)
+    typer.echo(page.url)
+    if index is not None:
+        typer.echo(f"local copy: {index}", err=True)
+
+
+catalog_app = typer.Typer(help="The Parquet catalog of every batch, for data teams.",
+                          no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("rebuild")
+def catalog_rebuild(bucket: BucketOpt = None, prefix: PrefixOpt = None) -> None:
+    """Write the catalog file of every batch that has a manifest; print each one."""
+    from flashgen.catalog import rebuild_catalog
+    from flashgen.storage import Store
+
+    try:
+        store = Store.from_settings(bucket=bucket, prefix=prefix)
+        for uri in rebuild_catalog(store):
+            typer.echo(uri)
+    except InputError as exc:
+        _fail(exc, 2)
+    except FlashgenError as exc:
+        _fail(exc)
+
+
+def _store_with_manifest(batch_id: str, bucket: str | None, prefix: str | None) -> Any:
+    """The Store, once the batch's manifest is known to be there (else an InputError)."""
+    from flashgen.storage import Store
+
+    store = Store.from_settings(bucket=bucket, prefix=prefix)
+    manifest = store.layout.manifest(batch_id)  # an unusable batch id is an InputError
+    if not store.exists(manifest):
+        raise InputError(f"no batch {batch_id!r}: {store.uri(manifest)} does not exist",
+                         field="batch_id")
+    return store
 
 
 def _register_provision() -> None:
