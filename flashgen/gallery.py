@@ -243,13 +243,14 @@ def _record_link(card: _Card, link: Link) -> str:
 
 
 def _table(cards: list[_Card], link: Link) -> str:
+    """The rows past the picture cap: one line each, with links instead of pictures."""
     head = "".join(f"<th>{name}</th>" for name in (
         "line", "state", "prompt", "seed", "aspect ratio", "size", "files"))
     body = "".join(
         f"<tr><td>{_e(card.row.line)}</td><td>{card.row.state.value}</td>"
         f"<td>{_e(_clip(card.prompt, 160))}</td><td>{_e(card.seed)}</td>"
         f"<td>{_e(card.ratio)}</td><td>{_e(card.size)}</td>"
-        f'<td><a href="{_e(link(card.image_uri or ""))}">image</a> '
+        f'<td><a href="{_e(link(card.image_uri))}">image</a> '
         f"{_record_link(card, link)}</td></tr>" for card in cards)
     return f'<table class="rows"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 

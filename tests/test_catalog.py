@@ -139,3 +139,14 @@ def test_catalog_rebuild_command_prints_each_file(store):
     assert result.exit_code == 0, result.output
     today = datetime.now(UTC).date()
     assert result.stdout.split() == [store.uri(f"fg/catalog/dt={today:%Y-%m-%d}/b-cli.parquet")]
+
+
+def test_catalog_rebuild_without_a_bucket_exits_2_with_one_line(store, monkeypatch):
+    monkeypatch.delenv("FLASHGEN_BUCKET", raising=False)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["catalog", "rebuild"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: no S3 bucket: set FLASHGEN_BUCKET or pass bucket"

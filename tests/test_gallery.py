@@ -171,6 +171,13 @@ def test_gallery_command_prints_the_link_and_writes_the_folder(store, tmp_path,
     assert (tmp_path / "g" / "index.html").is_file()
 
 
+@pytest.mark.parametrize("command", [["gallery"], ["catalog"], ["catalog", "rebuild"]])
+def test_the_new_commands_have_help(command):
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
 @pytest.mark.parametrize("batch_id, message", [
     ("no-such-batch", "no batch 'no-such-batch'"),
     ("../etc", "batch_id '../etc' cannot name an S3 object"),
@@ -187,8 +194,13 @@ def test_gallery_command_input_errors_exit_2_with_one_line(store, fresh_settings
 # --- in a browser ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def browser():
+    """Headless Chromium, one per test.
+
+    Not shared: playwright's sync API holds an event loop while it runs, and that loop must
+    be gone before an async test runs on pytest-asyncio's.
+    """
     executable = shutil.which("chromium")
     if executable is None:
         pytest.skip("no chromium on PATH (apt-get install chromium; .ci/run does)")
