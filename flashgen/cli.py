@@ -8,6 +8,8 @@
     flashgen demo                          the whole job on a local stack
     flashgen provision                     bucket, limits, pool, blocks, automations
     flashgen ledger list|show|resolve      what was paid for, and settling ambiguous items
+    flashgen gallery BATCH_ID [--out DIR]  the batch's gallery: a presigned link, a local copy
+    flashgen catalog rebuild               the Parquet catalog of every batch in the bucket
 
 Prefect is imported only by the commands that run flows, so ``--help`` stays quick and
 the demo can point Prefect at its own home before Prefect reads its settings.
@@ -111,10 +113,12 @@ def generate(
     """Generate one image into S3 (runs the generate-image flow)."""
     from flows.generate import generate_image
 
-    _run_flow(generate_image, prompt=prompt, negative_prompt=negative_prompt,
-              aspect_ratio=aspect_ratio, seed=seed,
-              prompt_extend=False if no_magic_prompt else None, model_id=model,
-              bucket=bucket, prefix=prefix, force=force)
+    summary = _run_flow(generate_image, prompt=prompt, negative_prompt=negative_prompt,
+                        aspect_ratio=aspect_ratio, seed=seed,
+                        prompt_extend=False if no_magic_prompt else None, model_id=model,
+                        bucket=bucket, prefix=prefix, force=force)
+    if not summary.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -143,6 +147,8 @@ def batch(
         help="Refuse to send more than N paid submissions.")] = None,
     max_cost: Annotated[float | None, typer.Option(
         help="Refuse to spend more than X (needs FLASHGEN_PRICE_PER_IMAGE).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Also copy the batch's images and an offline gallery into this folder.")] = None,
 ) -> None:
     """Generate a batch of images into S3 (runs the generate-images flow)."""
     from flows.generate import BatchOptions, generate_images
@@ -160,11 +166,24 @@ def batch(
         BatchOptions.parse(**params)  # the flow checks again; this fails before Prefect starts
     except InputError as exc:
         _fail(exc, 2)
-    _run_flow(generate_images, **params)
+    summary = _run_flow(generate_images, **params)
+    if out is not None and summary.manifest_uri:
+        from flashgen.gallery import write_local_gallery
+        from flashgen.settings import get_settings
+        from flashgen.storage import Store
+
+        store = Store.from_settings(get_settings(), bucket=bucket, prefix=prefix)
+        typer.echo(f"local copy: {write_local_gallery(store, summary.batch_id, out)}")
+    if not summary.ok:
+        raise typer.Exit(1)
 
 
-def _run_flow(flow: Any, **params: Any) -> None:
-    """Run a flow in this process with a progress bar, print its table, exit 0 only if ok."""
+def _run_flow(flow: Any, **params: Any) -> Any:
+    """Run a flow in this process with a progress bar and print its table.
+
+    Exits 2 on bad input and 1 when the flow failed before it had a summary; otherwise
+    returns the summary (whose ``ok`` says whether the batch succeeded).
+    """
     from flows.console import print_plan, print_summary, progress_bar
 
     with progress_bar():
@@ -177,10 +196,9 @@ def _run_flow(flow: Any, **params: Any) -> None:
         _fail(summary, 2 if isinstance(summary, InputError) else 1)
     if summary.dry_run:
         print_plan(summary)
-        return
+        return summary
     print_summary(summary)
-    if not state.is_completed():
-        raise typer.Exit(1)
+    return summary
 
 
 @app.command()
@@ -264,6 +282,69 @@ def ledger_resolve(
                     "the API, this pays twice.", fg="yellow", err=True)
     else:
         typer.echo(f"adopted {entry.request_id}: the next run polls and stores it")
+@app.command()
+def gallery(
+    batch_id: Annotated[str, typer.Argument(help="The batch (its manifest's name).")],
+    out: Annotated[Path | None, typer.Option(
+        help="Also copy the images and a page that opens offline into this folder.")] = None,
+    bucket: BucketOpt = None,
+    prefix: PrefixOpt = None,
+) -> None:
+    """Publish (or refresh) a batch's gallery in S3 and print its presigned link."""
+    from flashgen.batch_records import read_records
+    from flashgen.gallery import publish_gallery, write_local_gallery
+    from flashgen.settings import get_settings
+
+    settings = get_settings()
+    try:
+        store = _store_with_manifest(batch_id, bucket, prefix)
+        rows = store.read_manifest(batch_id)
+        records = read_records(store, rows)
+        page = publish_gallery(store, batch_id, rows, records,
+                               expires_in=settings.gallery_url_ttl)
+        index = None
+        if out is not None:
+            index = write_local_gallery(store, batch_id, out, rows=rows, records=records)
+    except InputError as exc:
+        _fail(exc, 2)
+    except (FlashgenError, OSError) as exc:
+        _fail(exc)
+    typer.echo(page.url)
+    if index is not None:
+        typer.echo(f"local copy: {index}", err=True)
+
+
+catalog_app = typer.Typer(help="The Parquet catalog of every batch, for data teams.",
+                          no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("rebuild")
+def catalog_rebuild(bucket: BucketOpt = None, prefix: PrefixOpt = None) -> None:
+    """Write the catalog file of every batch that has a manifest; print each one."""
+    from flashgen.catalog import rebuild_catalog
+    from flashgen.storage import Store
+
+    try:
+        store = Store.from_settings(bucket=bucket, prefix=prefix)
+        for uri in rebuild_catalog(store):
+            typer.echo(uri)
+    except InputError as exc:
+        _fail(exc, 2)
+    except FlashgenError as exc:
+        _fail(exc)
+
+
+def _store_with_manifest(batch_id: str, bucket: str | None, prefix: str | None) -> Any:
+    """The Store, once the batch's manifest is known to be there (else an InputError)."""
+    from flashgen.storage import Store
+
+    store = Store.from_settings(bucket=bucket, prefix=prefix)
+    manifest = store.layout.manifest(batch_id)  # an unusable batch id is an InputError
+    if not store.exists(manifest):
+        raise InputError(f"no batch {batch_id!r}: {store.uri(manifest)} does not exist",
+                         field="batch_id")
+    return store
 
 
 def _register_provision() -> None:

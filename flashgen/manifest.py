@@ -44,6 +44,13 @@ class ManifestSpool:
         if len(self.rows) < self.keep:
             self.rows.append(row)
 
+    def read_all(self) -> list[ManifestRow]:
+        """Every row, in line order (read back from the spool once it is closed)."""
+        self.close()
+        with open(self.path, encoding="utf-8") as handle:
+            rows = [ManifestRow.model_validate_json(line) for line in handle if line.strip()]
+        return sorted(rows, key=lambda row: row.line or 0)
+
     def close(self) -> Path:
         """Flush the file; returns its path (rows in completion order; ``line`` orders them)."""
         if not self._file.closed:

@@ -20,6 +20,7 @@
     FLASHGEN_JOB_TIME_PRIOR seconds a job is expected to run before this run has seen any
                             finish (default 5); polls are timed around the expected end
     FLASHGEN_TASK_RETRY_DELAY       first delay between Prefect task retries (doubles; 2 s)
+    FLASHGEN_GALLERY_URL_TTL        seconds the gallery's presigned links work (default 7 days)
     FLASHGEN_TESTING        "1" removes every sleep (tests only)
 
 Entry points (the CLI, flows) read the environment once with ``get_settings()`` and pass
@@ -80,6 +81,8 @@ class Settings(BaseSettings):
     poll_maximum: float = Field(5.0, gt=0)
     job_time_prior: float = Field(5.0, gt=0)
     task_retry_delay: float = Field(2.0, ge=0)
+    # 7 days is also the longest a SigV4-presigned S3 URL may live.
+    gallery_url_ttl: int = Field(7 * 24 * 3600, ge=1, le=7 * 24 * 3600)
 
 
 @lru_cache

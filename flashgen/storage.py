@@ -7,6 +7,8 @@ Layout, under a configurable bucket and prefix (``Layout`` is the one place that
     <prefix>/ledger/<key>.json                       LedgerEntry: claim → request_id → final state
     <prefix>/manifests/<batch_id>.jsonl              one ManifestRow per input of the batch
     <prefix>/manifests/<batch_id>.summary.json       row counts per state, written after the JSONL
+    <prefix>/galleries/<batch_id>.html               the batch's HTML gallery (flashgen.gallery)
+    <prefix>/catalog/dt=YYYY-MM-DD/<batch_id>.parquet  the batch's catalog rows (flashgen.catalog)
 
 ``<key>`` is the item's fingerprint; YYYY/MM/DD is the UTC date of the ``when`` the caller
 passes (pass one ``when`` for an image and its record so both land under the same date).
@@ -40,7 +42,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -59,6 +61,8 @@ log = logging.getLogger(__name__)
 # asyncio.to_thread's default executor runs up to 32 threads; give each one a connection.
 MAX_POOL_CONNECTIONS = 32
 S3_ATTEMPTS = 8
+# The longest validity a SigV4-presigned URL may have.
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 SSE_ALGORITHMS = ("AES256", "aws:kms", "aws:kms:dsse")
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
@@ -167,6 +171,21 @@ class Layout:
     def manifest_summary(self, batch_id: str) -> str:
         return self.path("manifests", f"{safe_segment(batch_id, 'batch_id')}.summary.json")
 
+    def gallery(self, batch_id: str) -> str:
+        return self.path("galleries", f"{safe_segment(batch_id, 'batch_id')}.html")
+
+    def catalog(self, batch_id: str, day: date) -> str:
+        """The batch's Parquet file in its Hive-style ``dt=`` partition (a UTC date).
+
+        >>> Layout("fg").catalog("batch-7", date(2025, 1, 2))
+        'fg/catalog/dt=2025-01-02/batch-7.parquet'
+        """
+        if isinstance(day, datetime):  # a datetime is a date too: take its UTC day
+            _utc_day(day)  # refuses a naive datetime
+            day = day.astimezone(UTC).date()
+        name = f"{safe_segment(batch_id, 'batch_id')}.parquet"
+        return self.path("catalog", f"dt={day:%Y-%m-%d}", name)
+
     @staticmethod
     def _name(key: str, index: int, ext: str) -> str:
         if index < 0:
@@ -216,6 +235,9 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None) -
         connect_timeout=10,
         read_timeout=60,
         s3={"addressing_style": "path"} if endpoint_url else None,
+        # Requests are SigV4 anyway; without this, presigned URLs would be legacy SigV2 in
+        # us-east-1, which KMS-encrypted objects and newer regions refuse.
+        signature_version="s3v4",
     )
     return session.client("s3", endpoint_url=endpoint_url, config=config)
 
@@ -479,6 +501,36 @@ class Store:
             return self.read_bytes(uri_or_key).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise StorageError(f"not UTF-8 text: {self._display(uri_or_key)}: {exc}") from None
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> str:
+        """Write ``data`` at full ``key`` (checksummed, encrypted as configured); returns its URI.
+
+        >>> store.put_bytes(store.layout.gallery("b1"), page, "text/html; charset=utf-8")
+        's3://my-bucket/flashgen/galleries/b1.html'
+        """
+        self._put(key, data, content_type)
+        return self.uri(key)
+
+    def presign(self, uri_or_key: str, expires_in: int) -> str:
+        """A presigned GET URL for the object, valid for ``expires_in`` seconds (at most 7 days).
+
+        Signing is local (no request is sent). A URL signed with temporary credentials (an
+        assumed role, an instance profile) stops working when those credentials expire, even
+        if ``expires_in`` has not passed yet.
+
+        >>> store.presign("s3://my-bucket/flashgen/galleries/b1.html", 3600)
+        'https://my-bucket.s3.amazonaws.com/flashgen/galleries/b1.html?X-Amz-Algorithm=…'
+        """
+        if not 1 <= expires_in <= MAX_PRESIGN_SECONDS:
+            raise InputError(
+                f"expires_in {expires_in} must be 1 to {MAX_PRESIGN_SECONDS} seconds (7 days, "
+                "the longest S3's SigV4 signatures allow)", field="expires_in")
+        bucket, key = self._locate(uri_or_key)
+        try:
+            return self.s3.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_in))
+        except BotoCoreError as exc:  # e.g. no credentials to sign with
+            raise _storage_error("presign GetObject", bucket, key, exc) from exc
 
     def exists(self, uri_or_key: str) -> bool:
         """True if the object is there (HEAD); a 404 is False, other failures raise."""

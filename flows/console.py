@@ -49,6 +49,8 @@ def print_summary(summary: BatchSummary) -> None:
     out.print(table)
     if summary.manifest_uri:
         out.print(f"manifest: {summary.manifest_uri}")
+    if summary.gallery_url:
+        out.print(f"gallery:  {summary.gallery_url}", soft_wrap=True)
 
 
 def print_plan(summary: BatchSummary) -> None:

@@ -53,7 +53,7 @@ from flashgen.ledger import Action, Journal, Ledger
 from flashgen.manifest import ManifestSpool
 from flashgen.models import DEFAULT_MODEL
 from flashgen.plan import RunPlan, census
-from flashgen.records import ItemState, ManifestRow, Timings
+from flashgen.records import ImageRecord, ItemState, ManifestRow, Timings
 from flashgen.settings import Settings, get_settings, resolve_token
 from flashgen.sources import (
     BatchPlan,
@@ -65,8 +65,10 @@ from flashgen.sources import (
     rows_from_prompts,
 )
 from flashgen.storage import Store, parse_s3_uri, safe_segment
+from flashgen.views import BatchViews, publish_batch_views
 from flows.progress import BatchProgress
 from flows.summary import BatchSummary, artifact_key, emit_batch_event, publish_table
+from flows.views import publish_view_artifacts
 from tasks.context import BatchContext, SubmitBudget, prefect_run_over
 from tasks.generation import Steps
 
@@ -290,21 +292,40 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
             manifest = ManifestSpool(Path(workdir) / "manifest.jsonl")
             for row in _plan_rows(plan):
                 manifest.add(row)
-            await _run_items(ctx, plan, stored, manifest,
+            records: dict[str, ImageRecord] = {}
+            await _run_items(ctx, plan, stored, manifest, records,
                              options.concurrency or settings.api_concurrency)
         manifest_uri = await asyncio.to_thread(
             store.put_manifest_file, batch_id, manifest.close(), dict(manifest.counts))
         failpoint("manifest")
+        views = await _publish_views(store, batch_id, manifest, records, settings)
     flow_run_id = runtime_flow_run.get_id()
     summary = BatchSummary.from_spool(
         batch_id, manifest, manifest_uri=manifest_uri, flow_run_id=flow_run_id,
         flow_run_url=url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None,
         deployment=runtime_deployment.name, max_failure_ratio=options.max_failure_ratio,
-        plan=run_plan)
+        plan=run_plan, gallery_url=views.gallery_url if views else None,
+        catalog_uri=views.catalog_uri if views else None)
     log.info("%s; manifest %s", summary.describe(), manifest_uri)
     await publish_table(summary, summary.rows)
     emit_batch_event(summary)
     return summary
+
+
+async def _publish_views(store: Store, batch_id: str, manifest: ManifestSpool,
+                         records: dict[str, ImageRecord], settings: Settings) -> BatchViews | None:
+    """The batch's gallery, catalog file and artifacts; their failure never fails the batch."""
+    try:
+        rows = manifest.read_all()
+        views = await asyncio.to_thread(publish_batch_views, store, batch_id, rows,
+                                        records=records, settings=settings)
+        await publish_view_artifacts(views, rows, records)
+        return views
+    except Exception as exc:  # the images and manifest are safe; the views can be rebuilt
+        get_run_logger().warning("batch %s: gallery or catalog not written (%s); "
+                                 "`flashgen gallery %s` and `flashgen catalog rebuild` make "
+                                 "them again", batch_id, exc, batch_id)
+        return None
 
 
 def _rows(options: BatchOptions, store: Store, workdir: Path) -> Iterable[Row]:
@@ -352,7 +373,8 @@ async def _check_token(client: RunComfyClient) -> None:
 
 
 async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: set[str],
-                     manifest: ManifestSpool, wanted: int) -> None:
+                     manifest: ManifestSpool, records: dict[str, ImageRecord],
+                     wanted: int) -> None:
     """Run every item through a bounded pool of workers, each job in one API slot."""
     pending = plan.items - len(stored)
     progress = BatchProgress(plan.items, f"batch {ctx.batch_id}")
@@ -375,7 +397,8 @@ async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: set[str],
             if item.key in stored:
                 row = _row(item, ItemState.SKIPPED, "already stored")
             else:
-                row = await _run_item(ctx, steps, item, slots, submit_limit is not None)
+                row = await _run_item(ctx, steps, item, slots, submit_limit is not None,
+                                      records)
             manifest.add(row)
             await progress.advance(row.state.value)
 
@@ -388,7 +411,7 @@ async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: set[str],
 
 
 async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: asyncio.Semaphore,
-                    rate_limited: bool) -> ManifestRow:
+                    rate_limited: bool, records: dict[str, ImageRecord]) -> ManifestRow:
     log = get_run_logger()
     began = time.monotonic()
     row = _row(item, ItemState.FAILED, None)
@@ -416,6 +439,7 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: asyncio.
                                 request_id=sent.request_id) from exc
         stored = await steps.store(ctx, item, sent.request_id, files, timings, finished.polls,
                                    sent.attempts)
+        records.update(zip(stored.record_uris, stored.records, strict=True))
         return _done(row, began, ItemState.STORED, None, image_uris=stored.image_uris,
                      metadata_uri=stored.record_uris[0] if stored.record_uris else None)
     except Exception as exc:  # one item's failure is recorded, never the batch's end

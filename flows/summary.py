@@ -31,6 +31,8 @@ class BatchSummary(BaseModel):
     rows: list[ManifestRow] = []  # one per input in line order (the first 1,000 of a batch)
     plan: RunPlan | None = None  # what the run set out to do, before it paid
     dry_run: bool = False  # planned only: nothing was sent
+    gallery_url: str | None = None  # presigned link to the batch's HTML gallery
+    catalog_uri: str | None = None  # the batch's Parquet file in the catalog
 
     @property
     def failure_ratio(self) -> float:

@@ -71,6 +71,7 @@ class FetchedFile(BaseModel):
 class StoredFiles(BaseModel):
     image_uris: list[str]
     record_uris: list[str]
+    records: list[ImageRecord]  # what was written, for the batch's gallery and catalog
 
 
 def _now() -> datetime:
@@ -179,7 +180,7 @@ async def store(ctx: BatchContext, item: Item, request_id: str, files: list[Fetc
                 timings: Timings, polls: int, attempts: int) -> StoredFiles:
     """Put each file and its metadata record in S3, then mark the ledger stored."""
     when = _now()
-    image_uris, record_uris = [], []
+    image_uris, record_uris, records = [], [], []
     for index, file in enumerate(files):
         data = await asyncio.to_thread(Path(file.path).read_bytes)
         # S3 checks the bytes against the SHA-256 taken at fetch time: one hash per image.
@@ -194,13 +195,14 @@ async def store(ctx: BatchContext, item: Item, request_id: str, files: list[Fetc
             deployment=ctx.deployment)
         record_uris.append(await asyncio.to_thread(ctx.store.put_record, record, when=when))
         image_uris.append(obj.uri)
+        records.append(record)
     await asyncio.to_thread(ctx.ledger.record_stored, item_ref(ctx, item), request_id, attempts,
                             record_uri=record_uris[0] if record_uris else None,
                             image_uris=image_uris)
     for file in files:
         Path(file.path).unlink(missing_ok=True)
     failpoint("stored")
-    return StoredFiles(image_uris=image_uris, record_uris=record_uris)
+    return StoredFiles(image_uris=image_uris, record_uris=record_uris, records=records)
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,9 @@ async def test_dry_run_counts_everything_and_sends_nothing(pipeline, emulator, p
     assert not [k for k, *_ in pipeline.list_keys("manifests/") if "plan" in k]
     print_plan(summary)
     printed = capsys.readouterr().out
-    for fact in ("new paid submissions:   2", "already stored (skip):  1", "duplicates:             1",
-                 "invalid rows:           1", "estimated cost:         0.08"):
+    for fact in ("new paid submissions:   2", "already stored (skip):  1",
+                 "duplicates:             1", "invalid rows:           1",
+                 "estimated cost:         0.08"):
         assert fact in printed
 
 
