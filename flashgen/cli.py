@@ -151,7 +151,7 @@ def batch(
         help="Also copy the batch's images and an offline gallery into this folder.")] = None,
 ) -> None:
     """Generate a batch of images into S3 (runs the generate-images flow)."""
-    from flows.generate import BatchOptions, generate_images
+    from flashgen.options import BatchOptions
 
     try:
         parsed = json.loads(defaults) if defaults else None
@@ -166,6 +166,8 @@ def batch(
         BatchOptions.parse(**params)  # the flow checks again; this fails before Prefect starts
     except InputError as exc:
         _fail(exc, 2)
+    from flows.generate import generate_images
+
     summary = _run_flow(generate_images, **params)
     if out is not None and summary.manifest_uri:
         from flashgen.gallery import write_local_gallery

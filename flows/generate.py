@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -38,7 +37,6 @@ from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Failed, State
 from prefect.utilities.urls import url_for
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flashgen.client import RunComfyClient
 from flashgen.errors import (
@@ -52,6 +50,7 @@ from flashgen.failpoints import failpoint
 from flashgen.ledger import Action, Journal, Ledger
 from flashgen.manifest import ManifestSpool
 from flashgen.models import DEFAULT_MODEL
+from flashgen.options import BatchOptions
 from flashgen.plan import RunPlan, census
 from flashgen.records import ImageRecord, ItemState, ManifestRow, Timings
 from flashgen.settings import Settings, get_settings, resolve_token
@@ -64,7 +63,7 @@ from flashgen.sources import (
     read_rows,
     rows_from_prompts,
 )
-from flashgen.storage import Store, parse_s3_uri, safe_segment
+from flashgen.storage import Store, parse_s3_uri
 from flashgen.views import BatchViews, publish_batch_views
 from flows.progress import BatchProgress
 from flows.summary import BatchSummary, artifact_key, emit_batch_event, publish_table
@@ -73,72 +72,8 @@ from tasks.context import BatchContext, SubmitBudget, prefect_run_over
 from tasks.generation import Steps
 
 SUBMIT_RATE_LIMIT = "runcomfy-submit"
-_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/=-]*")
 # A request_id that cannot exist: asking for its status costs nothing and proves the token.
 _PROBE_REQUEST_ID = "00000000-0000-4000-8000-000000000000"
-
-
-class BatchOptions(BaseModel):
-    """Everything a batch run is told, checked before anything is read or sent."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: str | None = None
-    prompts: list[str] | None = None
-    defaults: dict[str, Any] | None = None
-    model_id: str = DEFAULT_MODEL
-    bucket: str | None = None
-    prefix: str | None = None
-    concurrency: int | None = Field(None, ge=1, le=512)
-    force: bool = False
-    batch_id: str | None = None
-    strict: bool = False
-    max_failure_ratio: float = Field(0.0, ge=0, le=1)
-    resubmit_ambiguous: bool = False
-    run_date: date | None = None
-    dry_run: bool = False
-    max_items: int | None = Field(None, ge=0)
-    max_cost: float | None = Field(None, ge=0)
-
-    @field_validator("batch_id")
-    @classmethod
-    def _batch_id(cls, value: str | None) -> str | None:
-        return None if value is None else safe_segment(value, "batch_id")
-
-    @field_validator("bucket")
-    @classmethod
-    def _bucket(cls, value: str | None) -> str | None:
-        if value is not None and not _BUCKET_NAME.fullmatch(value):
-            raise ValueError("not a valid S3 bucket name (3-63 lowercase letters, digits, "
-                             "'.' or '-')")
-        return value
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, value: str | None) -> str | None:
-        if value is not None and (not _PREFIX.fullmatch(value) or ".." in value.split("/")):
-            raise ValueError("use letters, digits and !_.*'()/=- only, no '..' segments")
-        return value
-
-    @classmethod
-    def parse(cls, **values: Any) -> BatchOptions:
-        """Validate, turning the first problem into an InputError that names the field."""
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            field = ".".join(str(p) for p in error["loc"]) or "options"
-            message = error["msg"].removeprefix("Value error, ")
-            raise InputError(f"{field}: {message} (got {_excerpt(error.get('input'))})",
-                             field=field) from None
-
-
-def _excerpt(value: Any, width: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def _run_name() -> str:
     return f"batch-{runtime_flow_run.parameters.get('batch_id') or _default_batch_id()}"
 
@@ -255,9 +190,10 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
 
     store = Store.from_settings(settings, bucket=options.bucket, prefix=options.prefix)
     with tempfile.TemporaryDirectory(prefix="flashgen-run-") as workdir:
-        plan = plan_batch(rows if rows is not None else _rows(options, store, Path(workdir)),
-                          defaults=options.defaults, model_id=options.model_id,
-                          variables={"date": run_date})
+        # In a thread: a large prompt file takes a while to read and must not stall the loop.
+        plan = await asyncio.to_thread(
+            plan_batch, rows if rows is not None else _rows(options, store, Path(workdir)),
+            defaults=options.defaults, model_id=options.model_id, variables={"date": run_date})
         _report_rows(plan, options.strict)
         await asyncio.to_thread(store.check_writable)
         counts, stored = await asyncio.to_thread(
