@@ -29,15 +29,16 @@ import itertools
 import json
 import os
 import re
+import sys
 import tempfile
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Generic, TypeVar, overload
 
 import yaml
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel, PrivateAttr, SkipValidation
 
 from flashgen.errors import InputError
 from flashgen.models import DEFAULT_MODEL, fingerprint, validate_inputs
@@ -529,13 +530,52 @@ class _Planner:
                           prompt=_display(fields.get("prompt"), str))
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+class Compact(Sequence[M], Generic[M]):
+    """A read-only list of models, kept as tuples and built on access.
+
+    A file of 612k bad rows is a plausible mistake (one misspelt column); as models they
+    took ~620 bytes each, as tuples of interned values ~200.
+    """
+
+    def __init__(self, model: type[M], rows: Iterable[tuple[Any, ...]] = ()) -> None:
+        self._model, self._names = model, tuple(model.model_fields)
+        self._rows = list(rows)
+
+    def add(self, *values: Any) -> None:
+        self._rows.append(tuple(sys.intern(v) if isinstance(v, str) else v for v in values))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> M: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[M]: ...
+    def __getitem__(self, index: int | slice) -> M | list[M]:
+        if isinstance(index, slice):
+            return [self._build(row) for row in self._rows[index]]
+        return self._build(self._rows[index])
+
+    def _build(self, row: tuple[Any, ...]) -> M:
+        return self._model.model_construct(**dict(zip(self._names, row, strict=True)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Compact({list(self)!r})"
+
+
 class BatchPlan(BaseModel):
     """What a batch will do: counts, bad rows and duplicates; ``iter_items`` streams it."""
 
     rows: int  # rows read
     items: int  # unique valid items after expansion
-    invalid: list[InvalidRow]
-    duplicates: list[Duplicate] = []
+    invalid: Annotated[Sequence[InvalidRow], SkipValidation]
+    duplicates: Annotated[Sequence[Duplicate], SkipValidation] = ()
     warnings: list[str] = []
     # (rows, planner, first): the re-iterable rows, and for each key its first item's
     # ordinal and line packed in one int (ordinal << 32 | line): a 612k-row file keeps
@@ -576,21 +616,24 @@ def plan_batch(
     if iter(rows) is rows:
         rows = list(rows)
     first: dict[bytes, int] = {}
-    invalid: list[InvalidRow] = []
-    duplicates: list[Duplicate] = []
+    invalid = Compact(InvalidRow)
+    duplicates = Compact(Duplicate)
     notes: list[str] = []
     count = ordinal = 0
     for row in rows:
         count += 1
         planned = planner.plan(row, notes)
         if isinstance(planned, InvalidRow):
-            invalid.append(planned)
+            invalid.add(planned.line, planned.reason, planned.prompt)
             continue
         for inputs, key in planned:
             ordinal += 1
             digest = bytes.fromhex(key)
             if digest in first:
-                duplicates.append(_duplicate(row.line, inputs, key, first[digest] & 0xFFFFFFFF))
+                duplicates.add(row.line, key, first[digest] & 0xFFFFFFFF,
+                               _display(inputs.get("prompt"), str),
+                               _display(inputs.get("seed"), int),
+                               _display(inputs.get("aspect_ratio"), str))
             else:
                 first[digest] = ordinal << 32 | row.line
         del notes[MAX_WARNINGS + 1:]
@@ -598,13 +641,6 @@ def plan_batch(
                      warnings=_warnings(notes))
     plan._pass2 = (rows, planner, first)
     return plan
-
-
-def _duplicate(line: int, inputs: dict[str, Any], key: str, first_line: int) -> Duplicate:
-    return Duplicate(line=line, key=key, first_line=first_line,
-                     prompt=_display(inputs.get("prompt"), str),
-                     seed=_display(inputs.get("seed"), int),
-                     aspect_ratio=_display(inputs.get("aspect_ratio"), str))
 
 
 def _warnings(notes: list[str]) -> list[str]:

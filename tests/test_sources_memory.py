@@ -43,3 +43,17 @@ def test_planning_a_big_csv_keeps_only_fingerprints(big_csv):
     first_ten, grew = _peak_growth(lambda: list(itertools.islice(plan.iter_items(), 10)))
     assert [i.line for i in first_ten] == list(range(2, 12))
     assert grew < 2_000_000, f"the first items cost {grew:,} bytes"
+
+
+@pytest.mark.slow
+def test_a_file_of_bad_rows_is_kept_compactly(tmp_path):
+    rows = 20_000
+    path = tmp_path / "bad.csv"
+    with path.open("w") as out:
+        out.write("prompt,aspect_ratio\n")
+        out.writelines(f'"a fox number {n}",7:3\n' for n in range(rows))
+    plan, grew = _peak_growth(lambda: plan_batch(read_rows(str(path))))
+    assert (plan.items, len(plan.invalid)) == (0, rows)
+    assert plan.invalid[-1].line == rows + 1 and "7:3" in plan.invalid[-1].reason
+    # Each bad row's ~500-character reason is the same text, kept once.
+    assert grew < rows * 400, f"{grew / rows:.0f} bytes per bad row"
