@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Annotated, Any, Generic, TypeVar, overload
 
 import yaml
-from pydantic import BaseModel, PrivateAttr, SkipValidation
+from pydantic import BaseModel, PlainSerializer, PrivateAttr, SkipValidation
 
 from flashgen.errors import InputError
 from flashgen.models import DEFAULT_MODEL, fingerprint, validate_inputs
@@ -578,13 +578,21 @@ class Compact(Sequence[M], Generic[M]):
         return f"Compact({list(self)!r})"
 
 
+def _as_dicts(rows: Sequence[BaseModel]) -> list[dict[str, Any]]:
+    return [row.model_dump() for row in rows]
+
+
+# A Compact list as it is: validating it would build every model at once.
+_Listed = Annotated[Sequence[M], SkipValidation, PlainSerializer(_as_dicts)]
+
+
 class BatchPlan(BaseModel):
     """What a batch will do: counts, bad rows and duplicates; ``iter_items`` streams it."""
 
     rows: int  # rows read
     items: int  # unique valid items after expansion
-    invalid: Annotated[Sequence[InvalidRow], SkipValidation]
-    duplicates: Annotated[Sequence[Duplicate], SkipValidation] = ()
+    invalid: _Listed[InvalidRow]
+    duplicates: _Listed[Duplicate] = ()
     warnings: list[str] = []
     # (rows, planner, first): the re-iterable rows, and for each key its first item's
     # ordinal and line packed in one int (ordinal << 32 | line): a 612k-row file keeps
