@@ -629,7 +629,7 @@ def plan_batch(
     cannot be read.
     """
     planner = _Planner(defaults, model_id, variables)
-    if iter(rows) is rows:
+    if isinstance(rows, Iterator):
         rows = list(rows)
     first: dict[bytes, int] = {}
     invalid = Compact(InvalidRow)
