@@ -16,9 +16,8 @@ streams the unique valid items again, in order. Bad rows never stop the good one
     ...                                   "aspect_ratios": ["16:9", "1:1"]})
     >>> plan.rows, plan.items, [(bad.line, bad.reason) for bad in plan.invalid]
     (2, 4, [(2, 'prompt: {time} has no value; give it in vars')])
-    >>> [(i.inputs["prompt"], i.inputs["aspect_ratio"]) for i in plan.iter_items()][:3]
-    [('a fox at dawn', '1440:810 (16:9)'), ('a fox at dawn', '1024:1024 (1:1)'), \
-('a hare at dawn', '1440:810 (16:9)')]
+    >>> [(i.inputs["prompt"], i.inputs["aspect_ratio"]) for i in plan.iter_items()][1:3]
+    [('a fox at dawn', '1024:1024 (1:1)'), ('a hare at dawn', '1440:810 (16:9)')]
 """
 
 from __future__ import annotations
@@ -29,15 +28,16 @@ import itertools
 import json
 import os
 import re
+import sys
 import tempfile
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Generic, TypeVar, overload
 
 import yaml
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel, PlainSerializer, PrivateAttr, SkipValidation
 
 from flashgen.errors import InputError
 from flashgen.models import DEFAULT_MODEL, fingerprint, validate_inputs
@@ -50,7 +50,9 @@ FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "yaml"
 EXCERPT_CHARS = 120  # the most of any input value that an error message quotes
 MAX_REASON_CHARS = 1000  # the most of any one reason a report carries
 MAX_LINE_BYTES = 1 << 20  # one line of a CSV or JSONL file
-MAX_WHOLE_FILE_BYTES = 10_000_000  # JSON and YAML are parsed whole
+# JSON and YAML are parsed whole, in pure Python (to refuse aliases and keep line numbers):
+# 2 MB (~20k rows) takes ~70 MB and ~12 s of CPU to parse.
+MAX_WHOLE_FILE_BYTES = 2_000_000
 MAX_ITEMS_PER_ROW = 10_000  # product of one row's sweeps
 MAX_WARNINGS = 100  # warnings kept word for word; the rest are counted
 
@@ -113,12 +115,15 @@ class RowSource:
     An ``s3://`` source is downloaded once to a local spool file, removed on ``close()``
     (or when the source is garbage-collected). A local file that changes between two
     iterations is an ``InputError``: the second pass must see what the first planned.
+    JSON and YAML rows are parsed once and kept (their size is capped), since parsing
+    them is slow and they cannot be streamed.
     """
 
     def __init__(self, source: str, kind: str, path: Path, spooled: bool = False) -> None:
         self.source, self.kind, self.path = source, kind, path
         self._stamp = _stamp(source, path)
         self._cleanup = weakref.finalize(self, _unlink, path) if spooled else None
+        self._parsed: list[Row] | None = None
         if kind == "yaml" and self._stamp[0] > MAX_WHOLE_FILE_BYTES:
             self.close()
             raise InputError(
@@ -130,7 +135,11 @@ class RowSource:
         if _stamp(self.source, self.path) != self._stamp:
             raise InputError(f"source: {excerpt(self.source)} changed while being read",
                              field="source")
-        return {"csv": _csv_rows, "jsonl": _jsonl_rows, "yaml": _yaml_rows}[self.kind](self.path)
+        if self.kind == "yaml":
+            if self._parsed is None:
+                self._parsed = list(_yaml_rows(self.path))
+            return iter(self._parsed)
+        return {"csv": _csv_rows, "jsonl": _jsonl_rows}[self.kind](self.path)
 
     def close(self) -> None:
         if self._cleanup is not None:
@@ -529,13 +538,60 @@ class _Planner:
                           prompt=_display(fields.get("prompt"), str))
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+class Compact(Sequence[M], Generic[M]):
+    """A read-only list of models, kept as tuples and built on access.
+
+    A file of 612k bad rows is a plausible mistake (one misspelt column); as models they
+    took ~620 bytes each, as tuples of interned values ~200.
+    """
+
+    def __init__(self, model: type[M], rows: Iterable[tuple[Any, ...]] = ()) -> None:
+        self._model, self._names = model, tuple(model.model_fields)
+        self._rows = list(rows)
+
+    def add(self, *values: Any) -> None:
+        self._rows.append(tuple(sys.intern(v) if isinstance(v, str) else v for v in values))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> M: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[M]: ...
+    def __getitem__(self, index: int | slice) -> M | list[M]:
+        if isinstance(index, slice):
+            return [self._build(row) for row in self._rows[index]]
+        return self._build(self._rows[index])
+
+    def _build(self, row: tuple[Any, ...]) -> M:
+        return self._model.model_construct(**dict(zip(self._names, row, strict=True)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Compact({list(self)!r})"
+
+
+def _as_dicts(rows: Sequence[BaseModel]) -> list[dict[str, Any]]:
+    return [row.model_dump() for row in rows]
+
+
+# A Compact list as it is: validating it would build every model at once.
+_Listed = Annotated[Sequence[M], SkipValidation, PlainSerializer(_as_dicts)]
+
+
 class BatchPlan(BaseModel):
     """What a batch will do: counts, bad rows and duplicates; ``iter_items`` streams it."""
 
     rows: int  # rows read
     items: int  # unique valid items after expansion
-    invalid: list[InvalidRow]
-    duplicates: list[Duplicate] = []
+    invalid: _Listed[InvalidRow]
+    duplicates: _Listed[Duplicate] = ()
     warnings: list[str] = []
     # (rows, planner, first): the re-iterable rows, and for each key its first item's
     # ordinal and line packed in one int (ordinal << 32 | line): a 612k-row file keeps
@@ -573,24 +629,27 @@ def plan_batch(
     cannot be read.
     """
     planner = _Planner(defaults, model_id, variables)
-    if iter(rows) is rows:
+    if isinstance(rows, Iterator):
         rows = list(rows)
     first: dict[bytes, int] = {}
-    invalid: list[InvalidRow] = []
-    duplicates: list[Duplicate] = []
+    invalid = Compact(InvalidRow)
+    duplicates = Compact(Duplicate)
     notes: list[str] = []
     count = ordinal = 0
     for row in rows:
         count += 1
         planned = planner.plan(row, notes)
         if isinstance(planned, InvalidRow):
-            invalid.append(planned)
+            invalid.add(planned.line, planned.reason, planned.prompt)
             continue
         for inputs, key in planned:
             ordinal += 1
             digest = bytes.fromhex(key)
             if digest in first:
-                duplicates.append(_duplicate(row.line, inputs, key, first[digest] & 0xFFFFFFFF))
+                duplicates.add(row.line, key, first[digest] & 0xFFFFFFFF,
+                               _display(inputs.get("prompt"), str),
+                               _display(inputs.get("seed"), int),
+                               _display(inputs.get("aspect_ratio"), str))
             else:
                 first[digest] = ordinal << 32 | row.line
         del notes[MAX_WARNINGS + 1:]
@@ -598,13 +657,6 @@ def plan_batch(
                      warnings=_warnings(notes))
     plan._pass2 = (rows, planner, first)
     return plan
-
-
-def _duplicate(line: int, inputs: dict[str, Any], key: str, first_line: int) -> Duplicate:
-    return Duplicate(line=line, key=key, first_line=first_line,
-                     prompt=_display(inputs.get("prompt"), str),
-                     seed=_display(inputs.get("seed"), int),
-                     aspect_ratio=_display(inputs.get("aspect_ratio"), str))
 
 
 def _warnings(notes: list[str]) -> list[str]:

@@ -132,3 +132,39 @@ def read_rows_inline(records):
     from flashgen.sources import Row
 
     return [Row(line=n, fields=r) for n, r in enumerate(records, start=1)]
+
+
+def test_a_plan_serialises_with_its_rows_as_plain_values():
+    plan = plan_batch(rows_from_prompts(["a", "a", "{x}"]))
+    dumped = plan.model_dump(mode="json")
+    assert (dumped["rows"], dumped["items"]) == (3, 1)
+    assert dumped["invalid"][0]["line"] == 3 and dumped["duplicates"][0]["first_line"] == 1
+
+
+def test_csv_with_a_bom_and_crlf_endings(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes(b"\xef\xbb\xbfprompt,seed\r\na fox,1\r\nan owl,2\r\n")
+    assert [(r.line, r.fields) for r in read_rows(str(path))] == [
+        (2, {"prompt": "a fox", "seed": "1"}), (3, {"prompt": "an owl", "seed": "2"})]
+
+
+def test_an_overlong_line_is_refused_naming_it(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('"a fox"\n"' + "x" * (2 << 20) + '"\n')
+    with pytest.raises(InputError, match="line 2 is longer") as caught:
+        list(read_rows(str(path)))
+    assert caught.value.field == "source"
+
+
+def test_a_file_changed_between_the_passes_is_refused(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("prompt\na fox\n")
+    plan = plan_batch(read_rows(str(path)))
+    path.write_text("prompt\na fox\nan owl, paid for but never planned\n")
+    with pytest.raises(InputError, match="changed"):
+        list(plan.iter_items())
+
+
+def test_a_one_shot_iterator_still_plans_and_streams():
+    plan = plan_batch(iter(rows_from_prompts(["a", "b"])))
+    assert [i.inputs["prompt"] for i in plan.iter_items()] == ["a", "b"]

@@ -64,7 +64,7 @@ def test_a_huge_yaml_file_is_refused_before_parsing(tmp_path):
     path = tmp_path / "big.yaml"
     with path.open("w") as out:
         out.write("- " + "a" * 1000 + "\n")
-        out.write(("- " + "b" * 1000 + "\n") * 11_000)
+        out.write(("- " + "b" * 1000 + "\n") * 2_100)
     with pytest.raises(InputError, match="CSV or JSONL") as caught:
         read_rows(str(path))
     assert caught.value.field == "source"
@@ -113,3 +113,14 @@ def test_defaults_must_be_an_object():
     with pytest.raises(InputError) as caught:
         plan_batch(rows_from_prompts(["a fox"]), defaults={"vars": ["x"]})
     assert caught.value.field == "defaults"
+
+
+def test_a_yaml_file_is_parsed_once_for_both_passes(tmp_path, monkeypatch):
+    import flashgen.sources as sources
+
+    parsed = []
+    real = sources._yaml_rows
+    monkeypatch.setattr(sources, "_yaml_rows", lambda path: parsed.append(path) or real(path))
+    plan = plan_batch(read_rows(_write(tmp_path, "p.yaml", "- a fox\n- an owl\n")))
+    assert [i.line for i in plan.iter_items()] == [1, 2]
+    assert len(parsed) == 1

@@ -111,3 +111,17 @@ def test_concatenated_sources_continue_the_line_numbers(tmp_path):
         (2, "a fox"), (3, "an owl"), (4, "a hare")]
     assert [(d.line, d.first_line) for d in plan.duplicates] == [(5, 2)]
     assert [r.line for r in rows] == [2, 3, 4, 5]  # re-iterable
+
+
+def test_escaped_braces_round_trip_for_any_text():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from flashgen.sources import fill_template
+
+    @given(st.text())
+    def check(text):
+        escaped = text.replace("{", "{{").replace("}", "}}")
+        assert fill_template(escaped, {}) == text
+
+    check()
