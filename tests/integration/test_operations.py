@@ -373,10 +373,12 @@ def test_two_runs_at_once_stay_within_the_api_limit_and_submit_nothing_twice(sta
     before = stack.emulator_stats()
     prompts = [f"Botanical plate no. {n}, engraving style" for n in range(1, 10)]
     first, second = prompts[:6], prompts[3:]  # three prompts in both runs
+    # Created back to back through the API (a `prefect deployment run` takes seconds on a
+    # busy machine, long enough for the first run to finish before the second exists).
     # Only prompts: the deployment has no default file, so these are all each run sends.
-    ids = [stack.run_deployment("generate-images/on-demand",
-                                "-p", f"prompts={json.dumps(batch)}",
-                                "-p", f"batch_id=it-pair-{n}")
+    on_demand = stack.deployment("generate-images/on-demand")
+    ids = [stack.post(f"/deployments/{on_demand['id']}/create_flow_run", {"parameters": {
+               "prompts": batch, "batch_id": f"it-pair-{n}"}})["id"]
            for n, batch in enumerate((first, second))]
     runs = [stack.finished(run_id) for run_id in ids]
     assert [r["state_type"] for r in runs] == ["COMPLETED"] * 2, stack.logs()
