@@ -1,30 +1,34 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Each builds .venv first.
 PYTHON ?= python3
 VENV   := .venv
-STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "flashgen needs Python >= 3.11"'
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
 
-demo: $(STAMP)
+# One stamp per extra: `make demo` installs .[demo] (emulator, moto), `make test` .[dev]
+# (demo + test tools). Each is redone when pyproject.toml changes, and switching between
+# the two only adds packages. Order-only on the interpreter: its mtime is the system's.
+$(VENV)/.installed-%: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install --quiet -e '.[$*]'
+	touch $@
+
+demo: $(VENV)/.installed-demo
 	$(VENV)/bin/flashgen demo
 
-test: $(STAMP)
+test: $(VENV)/.installed-dev
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(VENV)/.installed-dev
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-dev
 	$(VENV)/bin/python -m bench
 
 clean:

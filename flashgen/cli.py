@@ -12,12 +12,14 @@
     flashgen catalog rebuild               the Parquet catalog of every batch in the bucket
 
 Prefect is imported only by the commands that run flows, so ``--help`` stays quick and
-the demo can point Prefect at its own home before Prefect reads its settings.
+the demo can point Prefect at its own home before Prefect reads its settings. The
+emulator and the demo need the ``[demo]`` extra and import it only when they run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -25,14 +27,13 @@ from typing import Annotated, Any
 
 import typer
 
-from flashgen.emulator.cli import emulator_command
 from flashgen.errors import FlashgenError, InputError
 from flashgen.models import DEFAULT_MODEL, KNOWN_MODELS
 
 app = typer.Typer(
     help="flashgen: prompts in, images in S3, through RunComfy's Model API and Prefect.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-app.command("emulator", help="Run the local RunComfy-compatible API emulator.")(emulator_command)
+DEMO_EXTRA = "pip install 'flashgen[demo]'"
 
 ModelOpt = Annotated[str, typer.Option("--model", help="RunComfy model id.")]
 BucketOpt = Annotated[str | None, typer.Option(help="S3 bucket.", envvar="FLASHGEN_BUCKET")]
@@ -55,6 +56,29 @@ def schema(model: ModelOpt = DEFAULT_MODEL) -> None:
         _fail(InputError(f"--model: {model!r} is not known here; known: {', '.join(KNOWN_MODELS)}"),
               2)
     typer.echo(json.dumps(known.json_schema(), indent=2))  # type: ignore[attr-defined]
+
+
+def _require_demo_extra(*packages: str) -> None:
+    """Exit with one line naming the extra when a package it brings is missing."""
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        typer.secho(f"error: {', '.join(missing)} not installed; this command needs the demo "
+                    f"extra: {DEMO_EXTRA}", fg="red", err=True)
+        raise typer.Exit(1)
+
+
+@app.command(add_help_option=False,
+             context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def emulator(ctx: typer.Context) -> None:
+    """Run the local RunComfy-compatible API emulator."""
+    # Its options live with the emulator, which is imported only now: a lean install has
+    # no emulator, and `flashgen --help` need not pay for importing one.
+    _require_demo_extra("fastapi", "uvicorn", "jsonschema")
+    from flashgen.emulator.cli import emulator_command
+
+    command = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    command.command()(emulator_command)
+    typer.main.get_command(command).main(args=ctx.args, prog_name="flashgen emulator")
 
 
 def _call(method: str, request_id: str) -> Any:
@@ -210,6 +234,7 @@ def demo(
     concurrency: Annotated[int, typer.Option(help="Jobs at the API at once.")] = 4,
 ) -> None:
     """Run the main job end to end on a local stack: emulator, S3 stand-in, Prefect."""
+    _require_demo_extra("moto", "fastapi", "uvicorn", "jsonschema")
     from infra.demo import run_demo
 
     raise typer.Exit(run_demo(out=out, job_time=job_time, concurrency=concurrency))

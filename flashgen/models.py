@@ -1,9 +1,9 @@
 """Schemas: the default model's input, and the API's answers.
 
-``WanFlashInput`` mirrors ``spec/input_schema.json`` field for field. Friendly input is
-normalised before validation (``"16:9"``, ``"16x9"`` and ``"1440:810"`` all become
-``"1440:810 (16:9)"``); anything still invalid becomes an ``InputError`` that names the
-field and what is allowed.
+``WanFlashInput`` mirrors the published ``flashgen/schemas/input_schema.json`` field for
+field (tests/test_models.py checks it). Friendly input is normalised before validation
+(``"16:9"``, ``"16x9"`` and ``"1440:810"`` all become ``"1440:810 (16:9)"``); anything
+still invalid becomes an ``InputError`` that names the field and what is allowed.
 
     >>> WanFlashInput(prompt="a red fox", aspect_ratio="9:16").aspect_ratio
     '810:1440 (9:16)'

@@ -3,10 +3,14 @@
 Starts the emulator and moto's S3 server on free ports, creates a bucket, runs the
 ``generate-images`` flow through Prefect (its ephemeral server, homed in the output
 folder) on the sample prompts in ``deployments/prompts/demo.csv``, copies the images into
-a folder a person can open, and prints a table of results with their S3 keys.
+a folder a person can open, and prints a table of results with the local copies' paths
+(moto's bucket lives in memory and is gone when the demo ends).
 
 The body runs in a child process so that Prefect reads the demo's settings (its home,
-no remote API) before anything imports it.
+no remote API) before anything imports it; the user's PREFECT_* and AWS_* variables are
+left out, and the demo says so. Prefect's temporary server gets 90 s to start (20 by
+default, too little on a busy machine), and a start that still times out is tried once
+more.
 """
 
 from __future__ import annotations
@@ -23,16 +27,31 @@ import deployments
 DEMO_PROMPTS = Path(deployments.__file__).parent / "prompts" / "demo.csv"
 BUCKET = "flashgen-demo"
 TOKEN = "demo-token"  # the emulator accepts only this one, to show a token is really sent
+LOCAL_ONLY = ("PREFECT_", "AWS_")  # the user's settings of these would point elsewhere
+SERVER_DID_NOT_START = 75  # EX_TEMPFAIL: the child's Prefect server timed out starting
 
 
 def run_demo(*, out: Path, job_time: float, concurrency: int) -> int:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+    ignored = sorted(k for k in os.environ if k.startswith(LOCAL_ONLY))
+    if ignored:
+        print(f"note: the demo runs its own Prefect and S3 and ignores {', '.join(ignored)}",
+              flush=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LOCAL_ONLY)}
     env.update(PREFECT_HOME=str(out / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="true", PYTHONUNBUFFERED="1")
-    return subprocess.call([sys.executable, "-m", "infra.demo", str(out), str(job_time),
-                            str(concurrency)], env=env)
+               PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="true",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "infra.demo", str(out), str(job_time), str(concurrency)]
+    code = subprocess.call(command, env=env)
+    if code == SERVER_DID_NOT_START:
+        print("Prefect's temporary server did not start in time; trying once more", flush=True)
+        code = subprocess.call(command, env=env)
+    if code == SERVER_DID_NOT_START:
+        print("error: Prefect's temporary server did not start twice; see 'The demo' in "
+              "infra/PRODUCTION.md", file=sys.stderr)
+        return 1
+    return code
 
 
 def _main(out: Path, job_time: float, concurrency: int) -> int:
@@ -52,7 +71,13 @@ def _main(out: Path, job_time: float, concurrency: int) -> int:
               f"prompts   {DEMO_PROMPTS}\n", flush=True)
         store = Store.from_settings(get_settings())
         store.ensure_bucket()
-        asyncio.run(ensure_api_limit(get_settings().concurrency_limit, concurrency))
+        try:  # the first call to Prefect, which starts its temporary server
+            asyncio.run(ensure_api_limit(get_settings().concurrency_limit, concurrency))
+        except RuntimeError as exc:
+            if "ephemeral Prefect API server" not in str(exc):
+                raise
+            print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return SERVER_DID_NOT_START
 
         from flows.console import print_summary, progress_bar
         from flows.generate import generate_images
@@ -63,13 +88,13 @@ def _main(out: Path, job_time: float, concurrency: int) -> int:
         if isinstance(summary, BaseException):
             print(f"error: {summary}", file=sys.stderr)
             return 1
-        _copy_images(store, summary.image_uris, out / "images")
-        print_summary(summary)
+        print_summary(_copied(store, summary, out))
         stats = api.stats()
         print(f"\nemulator saw {stats['submissions']} submissions "
               f"({stats['duplicate_submissions']} duplicate), at most "
               f"{stats['max_in_flight']} jobs in flight")
-        print(f"images in {out / 'images'} and in s3://{BUCKET}/demo/images/")
+        print(f"images in {out / 'images'}; s3://{BUCKET} was moto's, in memory, and is gone "
+              "now that the demo ends")
         return 0 if state.is_completed() else 1
 
 
@@ -83,12 +108,20 @@ async def ensure_api_limit(name: str, limit: int) -> None:
         await ensure_limit(client, name, limit=limit)
 
 
-def _copy_images(store, uris: list[str], folder: Path) -> None:
-    """Local copies named as in S3 (``<key>.png``), so the table's keys find them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for uri in uris:
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", uri.rsplit("/", 1)[-1])
-        (folder / name).write_bytes(store.read_bytes(uri))
+def _copied(store, summary, out: Path):
+    """The summary with every image and the manifest copied into ``out``, pointing there:
+    the bucket they are in does not outlive the demo."""
+    def copy(uri: str, folder: Path) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        local = folder / re.sub(r"[^A-Za-z0-9._-]", "_", uri.rsplit("/", 1)[-1])
+        local.write_bytes(store.read_bytes(uri))
+        return str(local)
+
+    rows = [row.model_copy(update={"image_uris": [copy(u, out / "images")
+                                                  for u in row.image_uris]})
+            for row in summary.rows]
+    manifest = copy(summary.manifest_uri, out / "manifests") if summary.manifest_uri else None
+    return summary.model_copy(update={"rows": rows, "manifest_uri": manifest})
 
 
 if __name__ == "__main__":

@@ -148,9 +148,10 @@ def test_automation_definitions_alert_on_failed_and_crashed_flashgen_runs_and_ba
             assert "token" not in (action.subject + action.body).lower()
 
 
-def test_a_run_whose_machine_died_is_marked_crashed_which_alerts():
-    """Nothing on a dead machine reports the run, so the server notices the missing
-    heartbeats and marks it Crashed; that state change is what flashgen-run-failed sends."""
+def test_unresponsive_runs_definition_crashes_a_run_after_three_missed_heartbeats():
+    """The shape: no heartbeat for three periods → Crashed, with no alert of its own (the
+    Crashed state is what flashgen-run-failed sends). tests/integration/test_operations.py
+    shows it act on a real server."""
     specs = {s["name"]: s for s in load_automation_specs()}
     zombie = build_automation(specs["flashgen-crash-unresponsive-runs"], [uuid4()],
                               {name: uuid4() for name in specs["flashgen-run-failed"]["flows"]})
@@ -227,8 +228,18 @@ def test_every_deployment_names_pool_tags_and_a_concurrency_limit(deployments):
     cron = deployments["scheduled-content"]["schedules"][0]
     assert cron["cron"] and cron["timezone"] == "Europe/Berlin"
     assert "{date}" in (ROOT / deployments["scheduled-content"]["parameters"]["source"]).read_text()
-    assert (ROOT / deployments["on-demand"]["parameters"]["source"]).is_file()
+    assert deployments["on-demand"]["parameters"]["source"] is None
+    assert (ROOT / "deployments/prompts/on-demand.csv").is_file()  # the sample set it names
     assert deployments["inbox-sensor"]["schedules"][0]["interval"] <= 300
+
+
+def test_an_on_demand_run_given_only_prompts_runs_only_those(deployments):
+    from flows.generate import _rows
+
+    # What the server passes: the deployment's parameters, overridden by the run's.
+    parameters = {**deployments["on-demand"]["parameters"], "prompts": ["a fox", "an owl"]}
+    rows = _rows(parameters["source"], parameters["prompts"])
+    assert [row.fields["prompt"] for row in rows] == ["a fox", "an owl"]
 
 
 async def test_inbox_trigger_matches_the_sensors_event_and_takes_its_uri(deployments):

@@ -11,18 +11,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flashgen.emulator.inputs import VALIDATORS
 from flashgen.errors import InputError
 from flashgen.models import (
     ASPECT_RATIOS,
     DEFAULT_MODEL,
+    JobResult,
     LongPromptWarning,
     WanFlashInput,
     fingerprint,
     normalise_aspect_ratio,
     validate_inputs,
 )
+from flashgen.schemas import input_schema, output_schema
 
-SPEC = Path(__file__).parents[1].parent / "shared/spec/input_schema.json"
+VENDORED = Path(__file__).parents[1] / "flashgen" / "schemas"
+# Where the published schemas live beside a development checkout (not in a plain clone).
+PUBLISHED = Path(__file__).parents[1].parent / "shared" / "spec"
 SEPARATORS = (":", "x", "X", "×", "/")
 
 
@@ -194,12 +199,11 @@ def test_fingerprint_changes_with_inputs_and_model() -> None:
     assert fingerprint(DEFAULT_MODEL, base) != fingerprint("other/model", base)
 
 
-# --- parity with the published schema -----------------------------------------------------
+# --- parity with the published schema (vendored in flashgen/schemas) -----------------------
 
 
-@pytest.mark.skipif(not SPEC.exists(), reason="shared/spec is not beside the repository")
 def test_schema_matches_the_published_input_schema() -> None:
-    spec = json.loads(SPEC.read_text())
+    spec = input_schema()
     ours = WanFlashInput.json_schema()
     assert ours["title"] == spec["title"]
     assert ours.get("required") == spec["required"]
@@ -208,3 +212,36 @@ def test_schema_matches_the_published_input_schema() -> None:
         mine = ours["properties"][name]
         for key in ("type", "title", "description", "default", "enum"):
             assert mine.get(key) == published.get(key), f"{name}.{key}"
+    assert tuple(spec["properties"]["aspect_ratio"]["enum"]) == ASPECT_RATIOS
+
+
+def test_the_emulator_validates_against_the_published_schema() -> None:
+    assert VALIDATORS[DEFAULT_MODEL].schema == {**input_schema(), "additionalProperties": False}
+
+
+@pytest.mark.parametrize("aspect_ratio", ["16:9", "9x16", "1:1", *ASPECT_RATIOS])
+def test_what_the_client_sends_the_emulator_accepts(aspect_ratio: str) -> None:
+    sent = valid(aspect_ratio=aspect_ratio, seed="7", negative_prompt="blur")
+    assert list(VALIDATORS[DEFAULT_MODEL].iter_errors(sent)) == []
+
+
+def test_friendly_input_the_client_normalises_is_refused_by_the_emulator() -> None:
+    """The emulator is as strict as the published schema, so the client's normalising
+    is what makes "16:9" work, and a test against the emulator proves it."""
+    assert list(VALIDATORS[DEFAULT_MODEL].iter_errors({"prompt": "p", "aspect_ratio": "16:9"}))
+
+
+def test_the_client_reads_every_output_the_published_schema_allows() -> None:
+    published = output_schema()["output"]["properties"]
+    output = {name: ["https://files.example/a.png"] if field["type"] == "array"
+              else "https://files.example/b.png" for name, field in published.items()}
+    result = JobResult(request_id="r", status="completed", output=output)
+    assert {kind for _, kind in result.outputs} == {"image", "video"}
+    assert len(result.uris) == len(published)  # no key of the schema goes unread
+
+
+@pytest.mark.parametrize("name", ["input_schema.json", "output_schema.json"])
+def test_the_vendored_schema_is_the_published_one(name: str) -> None:
+    if not (PUBLISHED / name).exists():
+        pytest.skip("shared/spec is not beside the repository (a plain clone)")
+    assert json.loads((VENDORED / name).read_text()) == json.loads((PUBLISHED / name).read_text())

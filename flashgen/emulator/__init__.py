@@ -1,4 +1,4 @@
-"""A local, faithful emulator of RunComfy's Model API (see ``spec/PROTOCOL.md``).
+"""A local, faithful emulator of RunComfy's Model API (its async queue endpoints).
 
     from flashgen.emulator import EmulatorConfig, EmulatorServer
 

@@ -1,11 +1,16 @@
 """The emulator's HTTP face: RunComfy's routes, a file host, and an admin view.
 
-    app = create_app(EmulatorConfig(workers=2, job_time=0.1))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://emulator") as client:
-        await client.post("/v1/models/wan-ai/wan-2-2/flash/text-to-image",
-                          json={"prompt": "a red fox"},
-                          headers={"Authorization": "Bearer any-token"})
+    >>> import asyncio, httpx
+    >>> async def submit():
+    ...     app = create_app(EmulatorConfig(workers=2, job_time=0.1))
+    ...     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+    ...                                  base_url="http://emulator") as client:
+    ...         return await client.post("/v1/models/wan-ai/wan-2-2/flash/text-to-image",
+    ...                                  json={"prompt": "a red fox"},
+    ...                                  headers={"Authorization": "Bearer any-token"})
+    >>> answer = asyncio.run(submit())
+    >>> answer.status_code, sorted(answer.json())
+    (200, ['cancel_url', 'request_id', 'result_url', 'status_url'])
 
 Works the same under uvicorn and under ``httpx.ASGITransport``: nothing starts at
 lifespan, and no state is tied to an event loop (see ``jobs.py``).

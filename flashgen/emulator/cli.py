@@ -5,7 +5,10 @@
 
 Every option left out falls back to its ``FLASHGEN_EMULATOR_*`` variable, then to the
 default; ``EmulatorConfig`` does that, so the command only passes on what was given, and
-the help texts come from the config's own field descriptions.
+the help texts come from the config's own field descriptions:
+
+    >>> _about("workers")
+    'Jobs run at once; the rest wait in the queue (env FLASHGEN_EMULATOR_WORKERS, default 4).'
 """
 
 from __future__ import annotations

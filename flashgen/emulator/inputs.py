@@ -8,8 +8,10 @@
     ...     print(problem.status, problem.error_code, problem.detail[0]["field"])
     422 422001 aspect_ratio
 
-Unlike ``flashgen.models.WanFlashInput`` this does not normalise ``"16:9"``: the client
-must send the exact enum string, and the emulator is where that is proven.
+The schema is the published one (``flashgen/schemas/input_schema.json``), not the client's
+model of it, so the emulator cannot share a mistake with the client. Unlike
+``flashgen.models.WanFlashInput`` it does not normalise ``"16:9"``: the client must send
+the exact enum string, and the emulator is where that is proven.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from typing import Any
 from jsonschema import Draft202012Validator, ValidationError
 
 from flashgen.emulator.problems import ApiProblem
-from flashgen.models import DEFAULT_MODEL, WanFlashInput
+from flashgen.models import DEFAULT_MODEL
+from flashgen.schemas import input_schema
 
 # The models the emulator serves, each with the validator of its input schema. Unknown
 # fields are refused, as a strict API would: a typo must not silently fall back to a default.
 VALIDATORS: dict[str, Draft202012Validator] = {
-    DEFAULT_MODEL: Draft202012Validator(
-        {**WanFlashInput.json_schema(), "additionalProperties": False}),
+    DEFAULT_MODEL: Draft202012Validator({**input_schema(), "additionalProperties": False}),
 }
 
 

@@ -1,4 +1,4 @@
-"""The one shape every error answer takes, as PROTOCOL.md gives it.
+"""The one shape every error answer of RunComfy's API takes: status, error code, message.
 
 >>> ApiProblem(404, 404001, "unknown request 'x'").body()
 {'status': 404, 'error_code': 404001, 'message': "unknown request 'x'"}

@@ -1,9 +1,12 @@
 """Running the emulator on a real socket: blocking for the CLI, or in a thread for tests.
 
-    with EmulatorServer(EmulatorConfig(job_time=0.1)) as emulator:
-        client = RunComfyClient(base_url=emulator.url, token="any")
-        ...
-        assert emulator.stats()["duplicate_submissions"] == 0
+    >>> with EmulatorServer(EmulatorConfig(job_time=0.1)) as emulator:
+    ...     answer = httpx.post(emulator.url + "/v1/models/wan-ai/wan-2-2/flash/text-to-image",
+    ...                         json={"prompt": "a fox"}, headers={"Authorization": "Bearer t"})
+    ...     emulator.stats()["submissions"], emulator.stats()["duplicate_submissions"]
+    (1, 0)
+
+Point a ``RunComfyClient(base_url=emulator.url, token=...)`` at it the same way.
 
 The socket is bound before uvicorn starts, so ``port=0`` picks a free port with no race
 and ``.url`` is known at once.

@@ -1,6 +1,13 @@
 """How an injected fault looks on the wire: the answer a route gives when a fault hits it.
 
-    return await answer(emulator, "status", lambda: JSONResponse(emulator.status(...)))
+    >>> import asyncio
+    >>> from starlette.responses import JSONResponse
+    >>> from flashgen.emulator.config import EmulatorConfig
+    >>> from flashgen.emulator.service import Emulator
+    >>> always_429 = Emulator(EmulatorConfig(faults=["status:429:1"]))
+    >>> response = asyncio.run(answer(always_429, "status", lambda: JSONResponse({})))
+    >>> response.status_code, response.headers["Retry-After"]
+    (429, '1')
 
 ``429``, ``5xx``, ``expired`` and ``drop`` answer instead of the route, which then never
 runs. ``lost-answer``, ``malformed`` (half the body), ``corrupt`` (a file's bytes flipped,

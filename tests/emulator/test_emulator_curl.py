@@ -1,6 +1,6 @@
 """The model page's own curl commands, run with the real curl against the emulator's socket.
 
-Copied verbatim from ``spec/runcomfy-wan-2-2-flash-text-to-image.txt``; only the host and
+Copied verbatim from the model's API page on runcomfy.com; only the host and
 ``{request_id}`` are replaced.
 """
 

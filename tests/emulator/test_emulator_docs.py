@@ -1,4 +1,4 @@
-"""The examples in the emulator's docstrings run as written."""
+"""Every emulator module shows its use in a docstring example, and the example runs as written."""
 
 from __future__ import annotations
 
@@ -16,4 +16,5 @@ MODULES = [f"flashgen.emulator.{m.name}" for m in pkgutil.iter_modules(flashgen.
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0, f"{name} has no docstring example"
     assert result.failed == 0

@@ -299,7 +299,8 @@ def assert_stored(stack: Stack, rows: list[dict[str, Any]], prompts: list[str]) 
 
 
 def test_on_demand_run_completes_with_images_and_metadata_in_s3(stack):
-    run_id = stack.run_deployment("generate-images/on-demand", "-p", "batch_id=it-on-demand")
+    run_id = stack.run_deployment("generate-images/on-demand", "-p", "batch_id=it-on-demand",
+                                  "-p", "source=deployments/prompts/on-demand.csv")
     run = stack.finished(run_id)
     assert run["state_type"] == "COMPLETED", (run["state"], stack.logs())
     prompts = [row["prompt"] for row in _csv_rows(REPO / "deployments/prompts/on-demand.csv")]
@@ -344,7 +345,7 @@ def test_a_file_in_the_inbox_triggers_one_run_and_nothing_new_starts_nothing(sta
 def test_a_failed_run_is_announced_at_the_webhook_without_the_token(stack):
     bad = stack.tokens["bad"]
     run_id = stack.run_deployment(
-        "generate-images/on-demand", "-p", "source=null",
+        "generate-images/on-demand",
         "-p", 'prompts=["A lighthouse keeper\'s cat, oil painting"]',
         "--job-variable", "env=" + json.dumps({"RUNCOMFY_API_TOKEN": bad}))
     run = stack.finished(run_id)
@@ -372,9 +373,12 @@ def test_two_runs_at_once_stay_within_the_api_limit_and_submit_nothing_twice(sta
     before = stack.emulator_stats()
     prompts = [f"Botanical plate no. {n}, engraving style" for n in range(1, 10)]
     first, second = prompts[:6], prompts[3:]  # three prompts in both runs
-    ids = [stack.run_deployment("generate-images/on-demand", "-p", "source=null",
-                                "-p", f"prompts={json.dumps(batch)}",
-                                "-p", f"batch_id=it-pair-{n}")
+    # Created back to back through the API (a `prefect deployment run` takes seconds on a
+    # busy machine, long enough for the first run to finish before the second exists).
+    # Only prompts: the deployment has no default file, so these are all each run sends.
+    on_demand = stack.deployment("generate-images/on-demand")
+    ids = [stack.post(f"/deployments/{on_demand['id']}/create_flow_run", {"parameters": {
+               "prompts": batch, "batch_id": f"it-pair-{n}"}})["id"]
            for n, batch in enumerate((first, second))]
     runs = [stack.finished(run_id) for run_id in ids]
     assert [r["state_type"] for r in runs] == ["COMPLETED"] * 2, stack.logs()
@@ -406,6 +410,51 @@ def test_the_scheduled_deployment_runs_at_its_cron_times_in_its_timezone(stack):
         "created"])
     times = [datetime.fromisoformat(r["expected_start_time"]) for r in scheduled[:3]]
     assert times == _daily(6, zone, after=created)[:3]
+
+
+def test_a_run_whose_heartbeats_stop_is_marked_crashed_and_announced(stack):
+    """A machine that dies takes its run's heartbeats with it: the server's
+    flashgen-crash-unresponsive-runs marks the run Crashed, and that sends the run-failed
+    alert. The provisioned automation acts; only its wait is cut from 10 minutes to 15 s
+    for the test, and put back (provision then reports it unchanged)."""
+    [zombie] = [a for a in stack.post("/automations/filter", {})
+                if a["name"] == "flashgen-crash-unresponsive-runs"]
+    provisioned = {k: zombie[k] for k in ("name", "description", "enabled", "tags", "trigger",
+                                          "actions", "actions_on_trigger", "actions_on_resolve")}
+    hurried = {**provisioned, "trigger": {**provisioned["trigger"], "within": 15}}
+    httpx.put(f"{stack.api}/automations/{zombie['id']}", json=hurried,
+              timeout=30).raise_for_status()
+    try:
+        # A run as a worker leaves it: Running, one heartbeat sent the way the engine
+        # sends it (tags and flow as related resources), then silence.
+        flow = stack.get("/flows/name/generate-images")
+        run = stack.post("/flow_runs/", {"flow_id": flow["id"], "tags": ["flashgen"],
+                                         "name": "it-zombie-" + stack.marker[:6]})
+        stack.post(f"/flow_runs/{run['id']}/set_state",
+                   {"state": {"type": "RUNNING", "name": "Running"}, "force": True})
+        heartbeat = {"id": str(uuid.uuid4()), "occurred": datetime.now(UTC).isoformat(),
+                     "event": "prefect.flow-run.heartbeat", "payload": {},
+                     "resource": {"prefect.resource.id": f"prefect.flow-run.{run['id']}",
+                                  "prefect.resource.name": run["name"]},
+                     "related": [{"prefect.resource.id": f"prefect.flow.{flow['id']}",
+                                  "prefect.resource.role": "flow"},
+                                 {"prefect.resource.id": "prefect.tag.flashgen",
+                                  "prefect.resource.role": "tag"}]}
+        httpx.post(f"{stack.api}/events", json=[heartbeat], timeout=30).raise_for_status()
+
+        crashed = stack.wait_for("the silent run to be marked Crashed", lambda: (
+            found if (found := stack.get(f"/flow_runs/{run['id']}"))["state_type"] == "CRASHED"
+            else None), timeout=120)
+        assert "No heartbeat" in crashed["state"]["message"]
+        alert = stack.wait_for("the run-failed alert about the crash", lambda: [
+            json.loads(n["body"]) for n in stack.notifications()
+            if f"run {run['name']} is Crashed" in json.loads(n["body"])["subject"]], timeout=60)
+        assert "State: Crashed" in alert[0]["body"] and "No heartbeat" in alert[0]["body"]
+    finally:
+        httpx.put(f"{stack.api}/automations/{zombie['id']}", json=provisioned,
+                  timeout=30).raise_for_status()
+    again = stack.run([PYTHON, "-m", "flashgen.cli", "provision", "--skip-bucket"])
+    assert "unchanged  automation flashgen-crash-unresponsive-runs" in again, again
 
 
 def _daily(hour: int, zone: ZoneInfo, after: datetime) -> list[datetime]:
