@@ -1,9 +1,9 @@
-"""A batch's metadata records, read once for the views built on them (gallery, catalog).
+"""A batch's metadata records, read once for the views built on them (gallery, catalog)::
 
-    >>> rows = store.read_manifest("spring-campaign")
-    >>> records = read_records(store, rows, known={uri: record})   # `record` just written
-    >>> records[rows[0].metadata_uri].width
-    1440
+    rows = store.read_manifest("spring-campaign")
+    records = read_records(store, rows, known={uri: record})   # `record` just written
+    records[rows[0].metadata_uri].width
+    # → 1440
 
 Each manifest row that names a ``metadata_uri`` (stored rows, and skipped rows found stored
 by an earlier run) has one ``ImageRecord``. Records the caller already holds are taken as

@@ -10,10 +10,12 @@ engines add it as a partition column::
     SELECT dt, state, count(*) FROM read_parquet('s3://bucket/flashgen/catalog/*/*.parquet',
                                                  hive_partitioning = true) GROUP BY ALL
 
-    >>> write_catalog(store, "spring-campaign", rows, records)     # after the manifest
-    's3://my-bucket/flashgen/catalog/dt=2025-01-02/spring-campaign.parquet'
-    >>> rebuild_catalog(store)                                     # for batches written before
-    ['s3://my-bucket/flashgen/catalog/dt=2025-01-02/spring-campaign.parquet', …]
+Written after each batch's manifest, and rebuilt for batches from before::
+
+    write_catalog(store, "spring-campaign", rows, records)     # after the manifest
+    # → 's3://my-bucket/flashgen/catalog/dt=2025-01-02/spring-campaign.parquet'
+    rebuild_catalog(store)                                     # for batches written before
+    # → ['s3://my-bucket/flashgen/catalog/dt=2025-01-02/spring-campaign.parquet', …]
 
 A batch's date is when its manifest was completed (its summary's ``written_at``), so
 writing a batch again, by the flow or by ``rebuild_catalog``, replaces its file rather than

@@ -6,16 +6,16 @@ points at (images, metadata records) into an href:
 - **in S3**: ``publish_gallery`` links presigned GET URLs and writes the page to
   ``<prefix>/galleries/<batch_id>.html``; its own presigned URL opens it in any browser::
 
-      >>> page = publish_gallery(store, "spring-campaign", expires_in=7 * 24 * 3600)
-      >>> page.url
-      'https://my-bucket.s3.amazonaws.com/flashgen/galleries/spring-campaign.html?X-Amz-…'
+      page = publish_gallery(store, "spring-campaign", expires_in=7 * 24 * 3600)
+      page.url
+      # → 'https://my-bucket.s3.amazonaws.com/flashgen/galleries/spring-campaign.html?X-Amz-…'
 
 - **on disk**: ``write_local_gallery`` downloads the files the page links into
   ``out_dir/images/…`` and ``out_dir/metadata/…`` and links them by relative path, so
   ``out_dir/index.html`` opens with no network::
 
-      >>> write_local_gallery(store, "spring-campaign", Path("review"))
-      PosixPath('review/index.html')
+      write_local_gallery(store, "spring-campaign", Path("review"))
+      # → PosixPath('review/index.html')
 
 The page has no scripts and no external assets (inline CSS only), and every text from the
 batch is escaped. A batch of many thousand images would make a page no browser can hold,
@@ -75,9 +75,9 @@ def render_gallery(
 
     ``records`` maps metadata URIs to their ``ImageRecord`` (see ``read_records``);
     ``link`` maps every ``s3://`` URI on the page to an href. ``links_expire_at`` is said on
-    the page when the hrefs stop working (presigned URLs).
+    the page when the hrefs stop working (presigned URLs)::
 
-    >>> page = render_gallery("b1", rows, records, link=lambda uri: uri)
+    page = render_gallery("b1", rows, records, link=lambda uri: uri)
     """
     rows = list(rows)
     counts = Counter(row.state for row in rows)

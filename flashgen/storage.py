@@ -19,12 +19,12 @@ server-side encryption; every read of an object that has a checksum is verified 
 The ledger is what keeps "never pay twice": ``claim`` creates ``ledger/<key>.json`` only if
 it does not exist (``If-None-Match: *``), ``replace_ledger`` overwrites only the version the
 caller read (``If-Match: <etag>``). Losing either race returns False; any other failure
-raises ``StorageError``, whose ``transient`` says whether trying again may help.
+raises ``StorageError``, whose ``transient`` says whether trying again may help::
 
-    >>> store = Store.from_settings(get_settings())          # FLASHGEN_BUCKET, FLASHGEN_PREFIX, …
-    >>> if store.claim(entry):                              # we own the key: submit it
-    ...     obj = store.put_image(entry.key, png, "image/png", when=now)
-    ...     store.put_record(record, when=now)
+    store = Store.from_settings(get_settings())          # FLASHGEN_BUCKET, FLASHGEN_PREFIX, …
+    if store.claim(entry):                               # we own the key: submit it
+        obj = store.put_image(entry.key, png, "image/png", when=now)
+        store.put_record(record, when=now)
 
 The class is synchronous and thread-safe (one boto3 client per Store, shared by all threads);
 async callers wrap calls in ``asyncio.to_thread``.
@@ -245,7 +245,8 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None) -
 class Store:
     """One bucket and prefix in S3. Thread-safe; build one per process or flow run.
 
-    >>> store = Store("my-bucket", "flashgen", sse="aws:kms", kms_key_id="alias/flashgen")
+    >>> store = Store("my-bucket", "flashgen", sse="aws:kms", kms_key_id="alias/flashgen",
+    ...               region="us-east-1")
     >>> store.uri(store.layout.ledger("abc"))
     's3://my-bucket/flashgen/ledger/abc.json'
 
@@ -363,11 +364,10 @@ class Store:
         """Store output ``index`` of fingerprint ``key``; S3 checks its SHA-256 on arrival.
 
         ``sha256`` (hex) is the digest the caller already took; S3 refuses the put if the
-        bytes do not match it.
+        bytes do not match it::
 
-        >>> obj = store.put_image("abc", png, "image/png", when=datetime.now(UTC))
-        >>> obj.uri, obj.sha256
-        ('s3://my-bucket/flashgen/images/2025/01/02/abc.png', '9f86d0…')
+            obj = store.put_image("abc", png, "image/png", when=datetime.now(UTC))
+            obj.uri, obj.sha256  # ('s3://my-bucket/flashgen/images/2025/01/02/abc.png', '9f86…')
         """
         s3_key = self.layout.image(key, when, index=index, content_type=content_type)
         sha256 = sha256 or hashlib.sha256(data).hexdigest()
@@ -503,10 +503,10 @@ class Store:
             raise StorageError(f"not UTF-8 text: {self._display(uri_or_key)}: {exc}") from None
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> str:
-        """Write ``data`` at full ``key`` (checksummed, encrypted as configured); returns its URI.
+        """Write ``data`` at full ``key`` (checksummed, encrypted as configured); returns its URI::
 
-        >>> store.put_bytes(store.layout.gallery("b1"), page, "text/html; charset=utf-8")
-        's3://my-bucket/flashgen/galleries/b1.html'
+            store.put_bytes(store.layout.gallery("b1"), page, "text/html; charset=utf-8")
+            # 's3://my-bucket/flashgen/galleries/b1.html'
         """
         self._put(key, data, content_type)
         return self.uri(key)
@@ -516,10 +516,10 @@ class Store:
 
         Signing is local (no request is sent). A URL signed with temporary credentials (an
         assumed role, an instance profile) stops working when those credentials expire, even
-        if ``expires_in`` has not passed yet.
+        if ``expires_in`` has not passed yet::
 
-        >>> store.presign("s3://my-bucket/flashgen/galleries/b1.html", 3600)
-        'https://my-bucket.s3.amazonaws.com/flashgen/galleries/b1.html?X-Amz-Algorithm=…'
+            store.presign("s3://my-bucket/flashgen/galleries/b1.html", 3600)
+            # 'https://my-bucket.s3.amazonaws.com/flashgen/galleries/b1.html?X-Amz-Algorithm=…'
         """
         if not 1 <= expires_in <= MAX_PRESIGN_SECONDS:
             raise InputError(
@@ -550,10 +550,9 @@ class Store:
     ) -> Iterator[ListedObject]:
         """Every object under ``<prefix>/<sub_prefix>``, in key order, page by page.
 
-        ``start_after`` is a full key (e.g. the last one a sensor saw): listing resumes after it.
+        ``start_after`` is a full key (e.g. the last one a sensor saw): listing resumes after it::
 
-        >>> [o.key for o in store.list_keys("inbox/")]
-        ['flashgen/inbox/a.csv', 'flashgen/inbox/b.jsonl']
+            [o.key for o in store.list_keys("inbox/")]  # ['fg/inbox/a.csv', 'fg/inbox/b.jsonl']
         """
         prefix = self.layout.below(sub_prefix)
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}

@@ -3,10 +3,10 @@
 The flow calls ``publish_batch_views`` once, right after ``Store.put_manifest``, with the
 records it just wrote (so they are not read back)::
 
-    >>> views = await asyncio.to_thread(
-    ...     publish_batch_views, store, batch_id, rows, records=records, settings=settings)
-    >>> views.gallery_url          # presigned: opens in any browser until views.expires_at
-    'https://my-bucket.s3.amazonaws.com/flashgen/galleries/b1.html?X-Amz-…'
+    views = await asyncio.to_thread(
+        publish_batch_views, store, batch_id, rows, records=records, settings=settings)
+    views.gallery_url          # presigned: opens in any browser until views.expires_at
+    # → 'https://my-bucket.s3.amazonaws.com/flashgen/galleries/b1.html?X-Amz-…'
 
 ``flows.views.publish_view_artifacts`` then shows them in Prefect's UI.
 """
