@@ -48,10 +48,9 @@ from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, field_validator
 
-from flashgen.settings import Settings, get_settings
+from flashgen.settings import DEFAULT_TOKEN_BLOCK, Settings, get_settings
 from flashgen.storage import SSE_ALGORITHMS, Store, make_client
 from flows.generate import SUBMIT_RATE_LIMIT
-from tasks.runtime import TOKEN_BLOCK
 
 AUTOMATIONS_FILE = Path(__file__).resolve().parent.parent / "deployments" / "automations.yaml"
 WORK_POOL = "flashgen-process"
@@ -84,6 +83,7 @@ class ProvisionConfig(BaseModel):
     slack_webhook: SecretStr | None = None
     webhook_url: str | None = None
     token: SecretStr | None = None
+    token_block: str = DEFAULT_TOKEN_BLOCK  # the Secret block the flows read (FLASHGEN_TOKEN_BLOCK)
     automations_file: Path = AUTOMATIONS_FILE
 
     @field_validator("sse")
@@ -102,6 +102,7 @@ class ProvisionConfig(BaseModel):
             "sse": settings.s3_sse or "AES256", "kms_key_id": settings.s3_kms_key_id,
             "api_concurrency": settings.api_concurrency,
             "concurrency_limit": settings.concurrency_limit, "token": settings.api_token,
+            "token_block": settings.token_block,
         }
         return cls(**{**base, **{k: v for k, v in given.items() if v is not None}})
 
@@ -152,7 +153,7 @@ async def provision(config: ProvisionConfig, *, s3: Any = None) -> list[Change]:
                 CustomWebhookNotificationBlock(name=WEBHOOK_BLOCK, url=config.webhook_url,
                                                json_data=WEBHOOK_JSON), WEBHOOK_BLOCK))
         if config.token and config.token.get_secret_value():
-            changes.append(await ensure_block(Secret(value=config.token), TOKEN_BLOCK))
+            changes.append(await ensure_block(Secret(value=config.token), config.token_block))
         targets = await alert_block_ids()
         for automation in await desired_automations(client, config.automations_file, targets):
             changes.append(await ensure_automation(client, automation))

@@ -233,12 +233,14 @@ def test_every_deployment_names_pool_tags_and_a_concurrency_limit(deployments):
     assert deployments["inbox-sensor"]["schedules"][0]["interval"] <= 300
 
 
-def test_an_on_demand_run_given_only_prompts_runs_only_those(deployments):
+def test_an_on_demand_run_given_only_prompts_runs_only_those(deployments, tmp_path):
+    from flashgen.options import BatchOptions
     from flows.generate import _rows
 
     # What the server passes: the deployment's parameters, overridden by the run's.
     parameters = {**deployments["on-demand"]["parameters"], "prompts": ["a fox", "an owl"]}
-    rows = _rows(parameters["source"], parameters["prompts"])
+    options = BatchOptions.parse(source=parameters["source"], prompts=parameters["prompts"])
+    rows = _rows(options, store=None, workdir=tmp_path)
     assert [row.fields["prompt"] for row in rows] == ["a fox", "an owl"]
 
 
