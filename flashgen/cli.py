@@ -350,10 +350,11 @@ app.add_typer(catalog_app, name="catalog")
 def catalog_rebuild(bucket: BucketOpt = None, prefix: PrefixOpt = None) -> None:
     """Write the catalog file of every batch that has a manifest; print each one."""
     from flashgen.catalog import rebuild_catalog
+    from flashgen.settings import get_settings
     from flashgen.storage import Store
 
     try:
-        store = Store.from_settings(bucket=bucket, prefix=prefix)
+        store = Store.from_settings(get_settings(), bucket=bucket, prefix=prefix)
         for uri in rebuild_catalog(store):
             typer.echo(uri)
     except InputError as exc:
@@ -364,9 +365,10 @@ def catalog_rebuild(bucket: BucketOpt = None, prefix: PrefixOpt = None) -> None:
 
 def _store_with_manifest(batch_id: str, bucket: str | None, prefix: str | None) -> Any:
     """The Store, once the batch's manifest is known to be there (else an InputError)."""
+    from flashgen.settings import get_settings
     from flashgen.storage import Store
 
-    store = Store.from_settings(bucket=bucket, prefix=prefix)
+    store = Store.from_settings(get_settings(), bucket=bucket, prefix=prefix)
     manifest = store.layout.manifest(batch_id)  # an unusable batch id is an InputError
     if not store.exists(manifest):
         raise InputError(f"no batch {batch_id!r}: {store.uri(manifest)} does not exist",

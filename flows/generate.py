@@ -194,6 +194,8 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
         plan = await asyncio.to_thread(
             plan_batch, rows if rows is not None else _rows(options, store, Path(workdir)),
             defaults=options.defaults, model_id=options.model_id, variables={"date": run_date})
+        if plan.rows == 0:
+            raise InputError("source: no rows to generate in it", field="source")
         _report_rows(plan, options.strict)
         await asyncio.to_thread(store.check_writable)
         counts, stored = await asyncio.to_thread(

@@ -5,12 +5,16 @@ Which layer retries what (one layer per concern):
 - an HTTP call is retried by the client (its own table, ``flashgen.client``);
 - an S3 call by botocore (standard mode, ``storage.S3_ATTEMPTS``); a request_id by the ledger
   (``flashgen.ledger.RECORD_ATTEMPTS``), because it may be the only copy;
-- a task is retried by Prefect (``RETRIES`` times) only for the one failure no layer
-  below can see: a download that arrived whole by HTTP but does not decode
-  (``CorruptDownloadError``), fetched again from its request_id. Anything else a task
-  raises has spent its own layer's budget; repeating it would multiply the attempts.
+- a task is retried by Prefect (``RETRIES`` times, with backoff) only for what no layer
+  below can see or wait out, and never where a retry could pay twice:
+  ``submit`` after a transient error that proves nothing was sent (the API kept answering
+  429 or could not be reached for longer than the client's budget; the retry asks the
+  ledger first), and ``fetch`` after a download that arrived whole by HTTP but does not
+  decode (``CorruptDownloadError``, fetched again from its request_id). Anything else a
+  task raises has spent its own layer's budget; repeating it would multiply the attempts.
 
-So a status call is tried at most 4 times, a ledger write 8, a request_id's write 7 × 8.
+So a status call is tried at most 4 times, an S3 call 8, a request_id's ledger write 7 × 8,
+and an unsent submit 4 × 4 (never twice once it may have arrived).
 """
 
 from __future__ import annotations
@@ -20,17 +24,24 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from flashgen.errors import CorruptDownloadError
+from flashgen.errors import CorruptDownloadError, TransientApiError
 
 RETRIES = 3
 
 
-async def refetch_only(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry a task only when it met a download that does not decode (see above)."""
+# What Prefect retries, per task (see above); every other failure is final for the task.
+RETRIED_BY_PREFECT: dict[str, tuple[type[Exception], ...]] = {
+    "submit": (TransientApiError,),  # the client raises these only for unsent submits
+    "fetch": (CorruptDownloadError,),
+}
+
+
+async def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn``: retry only what ``RETRIED_BY_PREFECT`` names."""
     try:
         await state.result()
     except Exception as exc:  # the task's own exception, re-raised by result()
-        return isinstance(exc, CorruptDownloadError)
+        return isinstance(exc, RETRIED_BY_PREFECT.get(task.name, ()))
     return False
 
 
@@ -45,7 +56,7 @@ def task_options(*, retry_delay: float = 2.0, **overrides: Any) -> dict[str, Any
         "retry_delay_seconds": (exponential_backoff(backoff_factor=retry_delay)
                                 if retry_delay else 0),
         "retry_jitter_factor": 0.5 if retry_delay else None,
-        "retry_condition_fn": refetch_only,
+        "retry_condition_fn": worth_retrying,
         "cache_policy": NO_CACHE,
         "persist_result": False,
     }
