@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.emulator.emulator_helpers import emulator_client, submit, wait_until_done
+from emulator_helpers import emulator_client, submit, wait_until_done
 
 
 async def test_job_times_follow_the_queue_one_worker_at_a_time():
