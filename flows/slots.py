@@ -165,6 +165,7 @@ class ApiSlots:
         self._client: PrefectClient | None = None
         self._marks: dict[str, _Mark] = {}
         self._background: list[asyncio.Task[None]] = []
+        self._chores: set[asyncio.Future[Any]] = set()
         self._last_waiting_log = -WAITING_LOG_EVERY
         self._view_due = 0.0
 
@@ -248,7 +249,12 @@ class ApiSlots:
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
         if waiter.done() and not waiter.cancelled():
-            asyncio.ensure_future(self._job_ended(waiter.result()))
+            self._spawn(self._job_ended(waiter.result()))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._chores.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._chores.discard)
 
     async def _give_back(self, slot: _Slot) -> None:
         self._held.remove(slot)
@@ -289,14 +295,14 @@ class ApiSlots:
             await self._wake.wait()
             return True
         wants_more = self.held < self.wanted
-        if self.shared and (wants_more or time.monotonic() >= self._view_due):
-            await self._refresh_view()
+        if self.shared and time.monotonic() >= self._view_due:
+            await self._refresh_view(wants_more)
         if not wants_more or self._should_hold_back():
             return False
         slot = await self._take_one()
         if slot is None:
             return False
-        self._deliver(slot)
+        await self._deliver(slot)
         return True
 
     def _waiting(self) -> int:
@@ -327,10 +333,10 @@ class ApiSlots:
         self.counters.max_held = max(self.counters.max_held, self.held)
         return slot
 
-    def _deliver(self, slot: _Slot) -> None:
+    async def _deliver(self, slot: _Slot) -> None:
         waiter = self._next_waiter()
         if waiter is None:  # every waiter left meanwhile: nobody needs it
-            asyncio.ensure_future(self._give_back(slot))
+            await self._give_back(slot)
         else:
             waiter.set_result(slot)
 
@@ -341,8 +347,10 @@ class ApiSlots:
                                    self.poll_interval * random.uniform(0.8, 1.2))
         self._wake.clear()
 
-    async def _refresh_view(self) -> None:
-        """Read the limit and its companions (three reads, one poll interval apart at most)."""
+    async def _refresh_view(self, wants_more: bool) -> None:
+        """Read the limit and its companions: three reads, once a poll interval while the run
+        wants more slots; a run at its cap only needs the view for job-end decisions, so it
+        reads it a quarter as often."""
         names = [self.limit_name] + [mark.name for mark in self._marks.values()]
         limit, runs, starved = await asyncio.gather(*(self._read_limit(n) for n in names))
         if limit is None or runs is None or starved is None:
@@ -351,8 +359,7 @@ class ApiSlots:
         self._view = _View(limit=limit.limit, active=limit.active_slots,
                            runs=max(runs.active_slots, 1),
                            others_starved=max(starved.active_slots - mine, 0))
-        # A run at its cap only needs the view for job-end decisions: read it less often.
-        self._view_due = time.monotonic() + 4 * self.poll_interval
+        self._view_due = time.monotonic() + self.poll_interval * (1 if wants_more else 4)
         await self._set_starved(self._waiting() > 0
                                 and self.held < min(self.wanted, self._view.fair_share()))
 
