@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).with_name("results.json")
+SETTINGS = {"images", "images_per_run", "concurrency", "wanted", "limit", "job_s",
+            "big_images", "small_images"}  # what a scenario was given, not what it measured
 SCENARIOS = ("single", "shared", "late", "scale")
 
 
@@ -72,7 +74,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         lines.append(name)
         for key, value in figures.items():
             line = f"  {key:28} {_fmt(value):>10}"
-            if name == "single" and key in base:
+            if name == "single" and key in base and key not in SETTINGS:
                 line += f"   baseline {_fmt(base[key]):>10}"
                 if _number(value) and _number(base[key]) and base[key]:
                     line += f"   {value / base[key]:.2f}x"

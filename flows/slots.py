@@ -32,19 +32,22 @@ Why not the alternatives
 * **One acquirer per run** polls at a short fixed interval (``poll_interval``, 0.25 s by
   default, bounded to 0.05–2 s). One poller per *run* is cheap (a few requests a second,
   however many items), so it can ignore a long ``Retry-After``: a slot freed on the server
-  is taken again within one interval, an eighth of a 2 s job on average. Inside the run a
-  finished job hands its slot to the next waiting job with no server round trip at all,
-  so a run that has the API to itself keeps it full at local speed.
+  is taken again within one interval (an eighth of a 2 s job; half that on average), and
+  polling faster would only add server writes (each denial updates the limit's row). A
+  job that ends inside a run hands its slot to the run's next waiting job with no server
+  round trip at all, so a run that has the API to itself keeps it full at local speed.
 
 Fairness
 --------
 A run must know whether giving a slot back would help anyone. ``denied_slots`` on the limit
-cannot tell it: every denial of *this* run's own acquirer counts there too; the value only
-decays by ``floor(rate × seconds since the row was last written)``, and every increment,
-release and denial rewrites the row, so on a busy limit it does not decay at all; and the
-client's ``GlobalConcurrencyLimitResponse`` does not carry it. Leases' holders are not
-listed by any v2 endpoint either. So runs say it themselves, with two companion limits
-that are themselves leased (a dead run's marks expire like its slots) and visible in the UI:
+cannot tell it: every denial of *this* run's own acquirer counts there too; it decays by
+``floor(seconds since the row was last written / average occupancy)``
+(``server/models/concurrency_limits_v2.py``), and every increment, release and denial
+rewrites the row, so when the limit is written more often than once per average job it
+never decays at all; and the client's ``GlobalConcurrencyLimitResponse`` does not carry
+it. No v2 endpoint lists leases' holders either. So runs say it themselves, with two
+companion limits that are themselves leased (a dead run's marks expire like its slots)
+and visible in the UI:
 
 * ``<limit>:runs`` — one slot per run that is using the limit: ``R`` runs share it;
 * ``<limit>:starved`` — one slot per run that has jobs waiting and holds fewer than
@@ -63,6 +66,11 @@ share is a floor for others, not a ceiling for a run alone.
 
 A missing or inactive limit means no sharing: the run limits itself to ``wanted`` and
 warns, naming ``flashgen provision``, which creates the limit.
+
+Limits worth knowing: expired leases are taken back by the server's repossessor, which
+Prefect's ephemeral server (no ``PREFECT_API_URL``) does not run; on SQLite a busy server
+answers some writes 503, and the Prefect client then pauses 2 s before giving up, so an
+acquisition can stall that long (PostgreSQL does not do this).
 """
 
 from __future__ import annotations
