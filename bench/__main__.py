@@ -1,3 +1,3 @@
-from bench.makespan import main
+from bench.run import main
 
 main()

@@ -230,6 +230,10 @@ def _admin_routes(emulator: Emulator) -> APIRouter:
     async def stats() -> dict[str, Any]:
         return emulator.snapshot()
 
+    @router.get("/jobs")
+    async def jobs() -> list[dict[str, Any]]:
+        return emulator.job_times()
+
     @router.post("/faults")
     async def set_faults(settings: FaultSettings) -> dict[str, Any]:
         try:

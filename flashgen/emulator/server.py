@@ -98,6 +98,10 @@ class EmulatorServer:
         """What the emulator saw so far (``GET /_emulator/stats``)."""
         return self._admin("GET", "stats").json()
 
+    def job_times(self) -> list[dict[str, Any]]:
+        """Each job's submitted/started/completed times, epoch seconds (``GET /_emulator/jobs``)."""
+        return self._admin("GET", "jobs").json()
+
     def set_faults(self, faults: list[str], seed: int | None = None) -> None:
         """Replace the faults in force, e.g. ``["status:429:0.3", "job:fail:0.1"]``."""
         self._admin("POST", "faults", json={"faults": faults, "seed": seed})

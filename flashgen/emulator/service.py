@@ -147,6 +147,23 @@ class Emulator:
             fault_seed=self.faults.seed,
         )
 
+    def job_times(self) -> list[dict[str, Any]]:
+        """Every job's life in epoch seconds (None for what has not happened yet).
+
+        ``completed_at`` is when the job reached its final state at the emulator: what a
+        client's detection lag and the API's utilisation are measured against.
+        """
+        now = self.jobs.advance()
+
+        def epoch(moment: float | None) -> float | None:
+            return None if moment is None or moment > now else moment + self._wall_offset
+
+        return [{"request_id": job.id, "status": job.status(now),
+                 "submitted_at": epoch(job.submitted_at), "started_at": epoch(job.started_at),
+                 "completed_at": epoch(job.cancelled_at if job.cancelled_at is not None
+                                       else job.finished_at)}
+                for job in self.jobs.jobs.values()]
+
     def set_faults(self, specs: list[str], seed: int | None) -> None:
         """Replace the faults in force; raises ``ValueError`` naming a bad spec."""
         self.faults = FaultPlan(specs, seed)

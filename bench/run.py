@@ -1,0 +1,94 @@
+"""``python -m bench [--quick] [--only single,shared,...]``: every scenario beside its
+baseline, a table on stdout, and ``bench/results.json`` (scenario → figures).
+
+single    1,000 images, concurrency 16, 2 s jobs; beside it ``baseline``, the script a user
+          would write (bench/baseline.py) on the same workload
+shared    two runs of 200 started together, each wanting 4, global limit 4, then limit 3
+late      a 400-image run, and a 4-image run 10 s later, limit 4
+scale     10,000 images, 0.2 s jobs, concurrency 64
+--quick runs a tenth of each. Flows run in this process (its CPU is the flow's) against a
+real ``prefect server`` subprocess (its CPU read from /proc), moto's S3 server and the
+emulator in processes of their own. Prefect logs at WARNING, to keep the output readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).with_name("results.json")
+SETTINGS = {"images", "images_per_run", "concurrency", "wanted", "limit", "job_s",
+            "big_images", "small_images"}  # what a scenario was given, not what it measured
+SCENARIOS = ("single", "shared", "late", "scale")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the size")
+    parser.add_argument("--only", default=",".join(SCENARIOS),
+                        help=f"comma-separated subset of {', '.join(SCENARIOS)}")
+    args = parser.parse_args()
+    os.environ.update(PREFECT_HOME=tempfile.mkdtemp(prefix="flashgen-bench-"),
+                      PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING",
+                      FLASHGEN_BUCKET="bench", RUNCOMFY_API_TOKEN="bench-token")
+
+    from bench import scenarios
+    from bench.services import Services
+
+    sizes = scenarios.Sizes.quick() if args.quick else scenarios.Sizes()
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    plan: dict[str, Callable[[Services], dict[str, Any]]] = {
+        "baseline": lambda s: scenarios.baseline_single(s, sizes),
+        "single": lambda s: scenarios.single(s, sizes),
+        "shared_limit4": lambda s: scenarios.shared(s, sizes, limit=4),
+        "shared_limit3": lambda s: scenarios.shared(s, sizes, limit=3),
+        "late": lambda s: scenarios.late(s, sizes),
+        "scale": lambda s: scenarios.scale(s, sizes),
+    }
+    wanted = {"baseline", "single"} if "single" in chosen else set()
+    wanted |= {n for n in plan if n.split("_")[0] in chosen}
+    results: dict[str, dict[str, Any]] = {}
+    with Services() as services:
+        for name, run in plan.items():
+            if name in wanted:
+                print(f"running {name} ...", flush=True)
+                results[name] = run(services)
+    RESULTS.write_text(json.dumps({"quick": args.quick, **results}, indent=2, default=str))
+    print(table(results))
+    print(f"figures in {RESULTS}")
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """One block per scenario; ``single`` beside the baseline with the ratio."""
+    lines = []
+    base = results.get("baseline", {})
+    for name, figures in results.items():
+        if name == "baseline":
+            continue
+        lines.append(name)
+        for key, value in figures.items():
+            line = f"  {key:28} {_fmt(value):>10}"
+            if name == "single" and key in base and key not in SETTINGS:
+                line += f"   baseline {_fmt(base[key]):>10}"
+                if _number(value) and _number(base[key]) and base[key]:
+                    line += f"   {value / base[key]:.2f}x"
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value))
+
+
+def _fmt(value: Any) -> str:
+    if not isinstance(value, float):
+        return str(value)
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"

@@ -1,0 +1,187 @@
+"""The benchmark scenarios: each a small function that runs flashgen's public flow
+(``flows.generate.generate_images``) against a fresh emulator and returns its figures.
+
+Every flow runs in this process against the real Prefect server of ``Services``; whatever
+``generate_images`` does about the shared limit is what gets measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bench import baseline
+from bench.measure import ProcessCost, median, percentile, utilisation
+from bench.services import BUCKET, TOKEN, Services
+
+LIMIT_NAME = "runcomfy-api"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Scenario sizes; ``quick`` is a tenth of the full bench."""
+
+    single: int = 1000
+    shared: int = 200
+    late_big: int = 400
+    late_small: int = 4
+    scale: int = 10_000
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(single=100, shared=20, late_big=40, late_small=4, scale=1000)
+
+
+def single(services: Services, sizes: Sizes) -> dict[str, Any]:
+    """One batch: makespan, polls, detection lag, orchestration CPU and memory."""
+    n, c, job = sizes.single, 16, 2.0
+    with services.emulator(job) as api:
+        _set_limit(c)
+        with ProcessCost(services.prefect) as cost:
+            wall, _ = _timed(_flow("single", n, c))
+        records = _records("single")
+        figures = _job_figures(records, api.job_times())
+        stats = api.stats()
+    return {"images": n, "concurrency": c, "job_s": job, "wall_s": wall,
+            "makespan_over_ideal": wall / _ideal(n, c, job), **figures, **_cost(cost, n),
+            "duplicate_submissions": stats["duplicate_submissions"]}
+
+
+def baseline_single(services: Services, sizes: Sizes) -> dict[str, Any]:
+    """The user's own script (bench/baseline.py) on the ``single`` workload."""
+    n, c, job = sizes.single, 16, 2.0
+    with services.emulator(job) as api:
+        with ProcessCost() as cost:
+            wall, out = _timed(baseline.generate(
+                [f"baseline {i}" for i in range(n)], api.url, TOKEN, BUCKET, concurrency=c))
+        stats = api.stats()
+    return {"images": n, "concurrency": c, "job_s": job, "wall_s": wall,
+            "makespan_over_ideal": wall / _ideal(n, c, job), "stored": out["stored"],
+            "polls_median": median(out["polls"]), "polls_p95": percentile(out["polls"], 95),
+            **_cost(cost, n), "duplicate_submissions": stats["duplicate_submissions"]}
+
+
+def shared(services: Services, sizes: Sizes, limit: int) -> dict[str, Any]:
+    """Two runs started together, each wanting 4, under one global limit."""
+    n, wanted, job = sizes.shared, 4, 2.0
+    with services.emulator(job) as api:
+        _set_limit(limit)
+        runs = (f"shared{limit}-a", f"shared{limit}-b")  # new prompts: nothing is skipped
+        began = time.time()
+        wall, _ = _timed(_gather(*(_flow(run, n, wanted) for run in runs)))
+        jobs = {j["request_id"]: j for j in api.job_times()}
+        firsts = sorted(_first_submit(_records(run), jobs) - began for run in runs)
+        stats = api.stats()
+    return {"images_per_run": n, "wanted": wanted, "limit": limit, "job_s": job,
+            "wall_s": wall, "pair_makespan_over_ideal": wall / _ideal(2 * n, limit, job),
+            "slot_utilisation": utilisation(list(jobs.values()), limit),
+            "first_submit_s": firsts[0], "second_run_first_submit_s": firsts[1],
+            "duplicate_submissions": stats["duplicate_submissions"]}
+
+
+def late(services: Services, sizes: Sizes, delay: float = 10.0) -> dict[str, Any]:
+    """A small run started while a big one holds the API: how long the small one takes."""
+    limit, job = 4, 2.0
+    with services.emulator(job) as api:
+        _set_limit(limit)
+
+        async def both() -> float:
+            big = asyncio.ensure_future(_flow("late-big", sizes.late_big, limit))
+            await asyncio.sleep(delay)
+            small_began = time.perf_counter()
+            await _flow("late-small", sizes.late_small, limit)
+            small_wall = time.perf_counter() - small_began
+            await big
+            return small_wall
+
+        small_wall = asyncio.run(both())
+        stats = api.stats()
+    return {"big_images": sizes.late_big, "small_images": sizes.late_small, "limit": limit,
+            "job_s": job, "small_run_s": small_wall, "small_run_over_job": small_wall / job,
+            "duplicate_submissions": stats["duplicate_submissions"]}
+
+
+def scale(services: Services, sizes: Sizes) -> dict[str, Any]:
+    """Many short jobs at high concurrency: what orchestration costs per image."""
+    n, c, job = sizes.scale, 64, 0.2
+    with services.emulator(job) as api:
+        _set_limit(c)
+        with ProcessCost(services.prefect) as cost:
+            wall, _ = _timed(_flow("scale", n, c))
+        stats = api.stats()
+    return {"images": n, "concurrency": c, "job_s": job, "wall_s": wall,
+            "makespan_over_ideal": wall / _ideal(n, c, job), **_cost(cost, n),
+            "duplicate_submissions": stats["duplicate_submissions"]}
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+async def _flow(run: str, n: int, concurrency: int) -> Any:
+    from flashgen.settings import get_settings
+    from flows.generate import generate_images
+
+    get_settings.cache_clear()  # the emulator's URL changed in the environment
+    return await generate_images(prompts=[f"{run} {i}" for i in range(n)], bucket=BUCKET,
+                                 prefix=run, concurrency=concurrency,
+                                 batch_id=f"{run}-{time.time_ns()}")
+
+
+async def _gather(*flows: Any) -> list[Any]:
+    return list(await asyncio.gather(*flows))
+
+
+def _timed(coroutine: Any) -> tuple[float, Any]:
+    began = time.perf_counter()
+    result = asyncio.run(coroutine)
+    return time.perf_counter() - began, result
+
+
+def _set_limit(limit: int) -> None:
+    from infra.demo import ensure_api_limit
+
+    asyncio.run(ensure_api_limit(LIMIT_NAME, limit))
+
+
+def _ideal(n: int, c: int, job: float) -> float:
+    return math.ceil(n / c) * job
+
+
+def _records(prefix: str) -> list[dict[str, Any]]:
+    """Every metadata record the flow stored under ``prefix``."""
+    from flashgen.storage import Store
+
+    store = Store(BUCKET, prefix)
+    keys = [o.key for o in store.list_keys("metadata/")]
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(store.read_json, keys))
+
+
+def _epoch(iso: str | None) -> float | None:
+    return None if iso is None else datetime.fromisoformat(iso).timestamp()
+
+
+def _job_figures(records: list[dict[str, Any]], job_times: list[dict[str, Any]]) -> dict:
+    jobs = {j["request_id"]: j for j in job_times}
+    polls = [r["polls"] for r in records]
+    lags = [_epoch(r["timings"]["completed_at"]) - jobs[r["request_id"]]["completed_at"]
+            for r in records if r["timings"].get("completed_at")
+            and jobs.get(r["request_id"], {}).get("completed_at")]
+    return {"stored": len(records), "polls_median": median(polls),
+            "polls_p95": percentile(polls, 95), "detection_lag_p95_s": percentile(lags, 95)}
+
+
+def _first_submit(records: list[dict[str, Any]], jobs: dict[str, dict[str, Any]]) -> float:
+    times = [jobs[r["request_id"]]["submitted_at"] for r in records if r["request_id"] in jobs]
+    return min(times) if times else math.nan
+
+
+def _cost(cost: ProcessCost, n: int) -> dict[str, float]:
+    return {"flow_cpu_ms_per_image": 1000 * cost.flow_cpu_s / n,
+            "server_cpu_ms_per_image": 1000 * cost.server_cpu_s / n,
+            "peak_rss_mb": cost.peak_rss_mb}

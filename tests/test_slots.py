@@ -1,0 +1,191 @@
+"""ApiSlots on a real Prefect server: sharing one global concurrency limit between runs.
+
+One ``prefect server start`` serves the module, not the session's test harness: a killed
+run's slots come back only through the server's lease repossessor, which ephemeral servers
+(the harness) do not run.
+
+Jobs are fakes (a short sleep inside ``slot()``); a shared ``InFlight`` counts the jobs in
+progress across every run of a test, and checks the limit at every moment one starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.slots import ApiSlots
+from infra.prefect_server import PrefectServer
+
+REPO = Path(__file__).resolve().parents[1]
+JOB_SECONDS = 0.3
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """A real Prefect server for this module's tests; yields its API URL."""
+    with PrefectServer(repossessor_seconds=1, startup_timeout=240) as server:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+
+
+class InFlight:
+    """Jobs in progress across runs: the most seen at once, and every count seen."""
+
+    def __init__(self) -> None:
+        self.now = self.max = 0
+        self.seen: list[int] = []
+
+    async def job(self, seconds: float = JOB_SECONDS) -> None:
+        self.now += 1
+        self.max = max(self.max, self.now)
+        self.seen.append(self.now)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.now -= 1
+
+
+async def run_jobs(slots: ApiSlots, n: int, in_flight: InFlight,
+                   done: list[int] | None = None) -> None:
+    async def one() -> None:
+        async with slots.slot():
+            await in_flight.job()
+        if done is not None:
+            done.append(1)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def new_limit(limit: int) -> str:
+    name = f"test-api-{uuid.uuid4().hex[:8]}"
+    async with get_client() as client:
+        await client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=name, limit=limit))
+    return name
+
+
+async def active_slots(name: str) -> int:
+    async with get_client() as client:
+        return (await client.read_global_concurrency_limit_by_name(name)).active_slots
+
+
+async def eventually(what: str, check: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    """Poll ``check`` until it holds; the timeout only bounds a failing test."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        await asyncio.sleep(0.5)
+
+
+async def test_one_run_hands_slots_over_locally_and_gives_them_back(prefect_api):
+    name = await new_limit(2)
+    in_flight = InFlight()
+    async with ApiSlots(name, wanted=2) as slots:
+        await run_jobs(slots, 10, in_flight)
+    assert in_flight.max == 2
+    # Two trips to the server for ten jobs: every other slot passed from job to job.
+    assert slots.counters.acquired == 2
+    assert slots.counters.handed_over == 8
+    assert slots.counters.released == 2
+    assert slots.counters.max_held == 2
+    assert await active_slots(name) == 0
+
+
+async def test_two_runs_fill_a_limit_of_three_and_never_exceed_it(prefect_api):
+    name = await new_limit(3)
+    in_flight = InFlight()
+    async with ApiSlots(name, wanted=2) as a, ApiSlots(name, wanted=2) as b:
+        await asyncio.gather(run_jobs(a, 24, in_flight), run_jobs(b, 24, in_flight))
+    assert in_flight.max == 3
+    assert max(in_flight.seen) <= 3
+    assert a.counters.max_held <= 2 and b.counters.max_held <= 2
+    assert await active_slots(name) == 0
+
+
+@pytest.mark.slow
+async def test_a_small_run_beside_a_big_one_finishes_first(prefect_api):
+    name = await new_limit(3)
+    in_flight = InFlight()
+    big_done: list[int] = []
+    async with ApiSlots(name, wanted=3) as big:
+        big_run = asyncio.ensure_future(run_jobs(big, 40, in_flight, big_done))
+        await eventually("the big run under way", lambda: _true(len(big_done) >= 3), 60)
+        async with ApiSlots(name, wanted=3) as small:
+            await run_jobs(small, 3, in_flight)
+        big_done_when_small_finished = len(big_done)
+        await big_run
+    assert big_done_when_small_finished < 40
+    assert big.counters.yielded >= 1  # the big run gave slots back for the small one
+    assert small.counters.acquired >= 1
+    assert max(in_flight.seen) <= 3
+
+
+async def test_a_missing_limit_still_limits_to_wanted(prefect_api, caplog):
+    in_flight = InFlight()
+    with caplog.at_level(logging.WARNING, logger="flashgen.slots"):
+        async with ApiSlots(f"missing-{uuid.uuid4().hex[:8]}", wanted=2) as slots:
+            await run_jobs(slots, 8, in_flight)
+    assert in_flight.max == 2
+    assert not slots.shared and slots.counters.acquired == 0
+    assert "flashgen provision" in caplog.text
+
+
+HOLD_SLOTS_FOREVER = textwrap.dedent("""
+    import asyncio, sys
+    from flows.slots import ApiSlots
+
+    async def main(name):
+        async with ApiSlots(name, wanted=2) as slots:
+            async def hold():
+                async with slots.slot():
+                    print("holding", flush=True)
+                    await asyncio.Event().wait()
+            await asyncio.gather(hold(), hold())
+
+    asyncio.run(main(sys.argv[1]))
+""")
+
+
+@pytest.mark.slow
+async def test_a_killed_runs_slots_come_back_within_the_lease(prefect_api):
+    name = await new_limit(2)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api,
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    killed = subprocess.Popen([sys.executable, "-c", HOLD_SLOTS_FOREVER, name], env=env,
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert killed.stdout.readline().strip() == "holding"
+        assert killed.stdout.readline().strip() == "holding"
+        assert await active_slots(name) == 2
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    # One lease (60 s) and one repossessor pass; the timeout only bounds a failure.
+    await eventually("the killed run's slots back", lambda: _is_zero(name), timeout=150)
+
+    in_flight = InFlight()
+    async with ApiSlots(name, wanted=2) as slots:
+        await run_jobs(slots, 4, in_flight)
+    assert in_flight.max == 2 and slots.counters.acquired == 2
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _is_zero(name: str) -> bool:
+    return await active_slots(name) == 0
