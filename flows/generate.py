@@ -9,7 +9,8 @@
    what is stored, in flight, ambiguous, and what will be paid for; the plan is logged,
    published as an artifact and held against ``max_items`` / ``max_cost``; a dry run stops
    here;
-3. items stream through a bounded pool of workers; each job holds one API slot from its
+3. items stream through a bounded pool of workers; each job holds one slot of the shared
+   API limit (``flows.slots.ApiSlots``: fair between runs, one acquirer per run) from its
    submit until it is terminal, then is fetched and stored outside the slot;
 4. rows stream into the manifest spool, uploaded with its summary at the end, and the
    batch's event and table artifact follow.
@@ -18,7 +19,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -30,7 +30,6 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
-from prefect.concurrency.asyncio import concurrency as global_slots
 from prefect.concurrency.asyncio import rate_limit
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment as runtime_deployment
@@ -66,6 +65,7 @@ from flashgen.sources import (
 from flashgen.storage import Store, parse_s3_uri
 from flashgen.views import BatchViews, publish_batch_views
 from flows.progress import BatchProgress
+from flows.slots import ApiSlots
 from flows.summary import BatchSummary, artifact_key, emit_batch_event, publish_table
 from flows.views import publish_view_artifacts
 from tasks.context import BatchContext, SubmitBudget, prefect_run_over
@@ -313,49 +313,43 @@ async def _check_token(client: RunComfyClient) -> None:
 async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: set[str],
                      manifest: ManifestSpool, records: dict[str, ImageRecord],
                      wanted: int) -> None:
-    """Run every item through a bounded pool of workers, each job in one API slot."""
+    """Run every item through a bounded pool of workers; each job holds one API slot.
+
+    Items stream from the prompt file; at most ``2 × wanted`` are in progress at once (a
+    job's fetch and store overlap the next job's submit), whatever the batch's size.
+    """
     pending = plan.items - len(stored)
     progress = BatchProgress(plan.items, f"batch {ctx.batch_id}")
     await progress.start()
-    api_limit, submit_limit = await _read_limits(ctx.settings.concurrency_limit,
-                                                 SUBMIT_RATE_LIMIT)
-    wanted = min(wanted, max(pending, 1))
-    limited = api_limit is not None and api_limit.active
-    share = max(1, min(wanted, api_limit.limit)) if limited else wanted
-    if api_limit is None:
-        get_run_logger().warning(
-            "global concurrency limit %r does not exist: this run limits only itself (to %d); "
-            "`flashgen provision` creates it", ctx.settings.concurrency_limit, wanted)
-    slots = asyncio.Semaphore(share)
+    (submit_limit,) = await _read_limits(SUBMIT_RATE_LIMIT)
     steps = Steps.for_settings(ctx.settings)
     items = plan.iter_items()
+    wanted = min(wanted, max(pending, 1))
 
-    async def worker() -> None:
-        for item in items:  # one shared iterator: each worker takes the next item
-            if item.key in stored:
-                row = _row(item, ItemState.SKIPPED, "already stored")
-            else:
-                row = await _run_item(ctx, steps, item, slots, submit_limit is not None,
-                                      records)
-            manifest.add(row)
-            await progress.advance(row.state.value)
+    async with ApiSlots(ctx.settings.concurrency_limit, wanted=wanted) as slots:
+        async def worker() -> None:
+            for item in items:  # one shared iterator: each worker takes the next item
+                if item.key in stored:
+                    row = _row(item, ItemState.SKIPPED, "already stored")
+                else:
+                    row = await _run_item(ctx, steps, item, slots, submit_limit is not None,
+                                          records)
+                manifest.add(row)
+                await progress.advance(row.state.value)
 
-    held = (global_slots(ctx.settings.concurrency_limit, occupy=share, strict=True,
-                         lease_duration=60)
-            if limited and pending else contextlib.nullcontext())
-    async with held:
-        # Twice the slots: a job's fetch and store overlap the next job's submit.
-        await asyncio.gather(*(worker() for _ in range(min(2 * share, max(plan.items, 1)))))
+        await asyncio.gather(*(worker() for _ in range(min(2 * wanted, max(plan.items, 1)))))
+    get_run_logger().info("API slots of %s: %s", ctx.settings.concurrency_limit,
+                          slots.counters)
 
 
-async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: asyncio.Semaphore,
+async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots,
                     rate_limited: bool, records: dict[str, ImageRecord]) -> ManifestRow:
     log = get_run_logger()
     began = time.monotonic()
     row = _row(item, ItemState.FAILED, None)
     try:
         timings = Timings()
-        async with slots:  # one API slot: held from the submit until the job is terminal
+        async with slots.slot():  # one API slot: from the submit until the job is terminal
             if rate_limited:
                 await rate_limit(SUBMIT_RATE_LIMIT)
             sent = await steps.submit(ctx, item)
