@@ -100,6 +100,7 @@ from flashgen.timing import Backoff
 __all__ = ["DEFAULT_RETRIES", "Download", "FileKind", "RunComfyClient"]
 
 T = TypeVar("T")
+AnswerT = TypeVar("AnswerT", JobStatus, JobResult)
 FileKind = Literal["image", "video"]
 Call = Literal["submit", "status", "result", "cancel", "download"]
 
@@ -601,19 +602,19 @@ def _within(delay: float, deadline: float | None) -> float:
     return delay if deadline is None else max(0.0, min(delay, deadline - timing.now()))
 
 
-def _completed(status: JobStatus, request_id: str) -> JobStatus:
-    """A terminal status if it completed; else the error its end deserves."""
-    state = status.state
+def _completed(answer: AnswerT, request_id: str) -> AnswerT:
+    """A status or result that ended well; a failed or cancelled end raises its JobError."""
+    state = answer.state
     if state is JobState.FAILED:
         raise JobFailedError(
-            f"job {request_id} ended {status.status!r}: {status.error!r}",
-            request_id=request_id, status=status.status, error=status.error,
+            f"job {request_id} ended {answer.status!r}: {answer.error!r}",
+            request_id=request_id, status=answer.status, error=answer.error,
         )
     if state is JobState.CANCELLED:
         raise JobCancelledError(
-            f"job {request_id} was cancelled", request_id=request_id, status=status.status
+            f"job {request_id} was cancelled", request_id=request_id, status=answer.status
         )
-    return status
+    return answer
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int]:
@@ -665,16 +666,7 @@ def _token_fix(source: str) -> str:
 
 
 def _completed_outputs(result: JobResult, request_id: str) -> list[tuple[str, str]]:
-    state = result.state
-    if state is JobState.FAILED:
-        raise JobFailedError(
-            f"job {request_id} failed: {result.error!r}",
-            request_id=request_id, status=result.status, error=result.error,
-        )
-    if state is JobState.CANCELLED:
-        raise JobCancelledError(
-            f"job {request_id} was cancelled", request_id=request_id, status=result.status
-        )
+    state = _completed(result, request_id).state
     if state is not JobState.COMPLETED:
         raise JobError(
             f"job {request_id} is {result.status!r}, not completed: wait for it first",

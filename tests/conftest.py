@@ -25,7 +25,7 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from flashgen.storage import Store
-from infra.stack import free_port, make_moto_puts_atomic
+from infra.stack import FAKE_AWS, MotoS3, free_port, make_moto_puts_atomic
 
 @pytest.fixture(scope="session")
 def prefect_server():
@@ -128,3 +128,17 @@ def prefect_api(tmp_path_factory):
         server.wait(30)
 
 
+
+
+@pytest.fixture(scope="session")
+def s3_http():
+    """moto's S3 as a real HTTP server for the whole session; each module makes its bucket."""
+    with MotoS3() as s3:
+        yield s3
+
+
+def s3_client(endpoint: str):
+    """A boto3 client on ``endpoint`` with the stand-ins' fake credentials."""
+    return boto3.client("s3", endpoint_url=endpoint, region_name=FAKE_AWS["AWS_REGION"],
+                        aws_access_key_id=FAKE_AWS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=FAKE_AWS["AWS_SECRET_ACCESS_KEY"])

@@ -17,13 +17,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
 import pytest
 from PIL import Image
 
 from flashgen.emulator import EmulatorConfig, EmulatorServer
 from flashgen.records import ImageRecord, ItemState, ManifestRow
-from infra.stack import MotoS3
+from tests.conftest import s3_client
 from tests.faults.s3proxy import S3FaultProxy
 
 TOKEN = "fault-token-9f8e7d6c5b4a3921"
@@ -31,16 +30,11 @@ BUCKET = "flashgen-faults"
 FLASHGEN = [sys.executable, "-m", "flashgen.cli"]
 
 
-@pytest.fixture(scope="session")
-def fault_s3():
-    with MotoS3() as s3:
-        boto3.client("s3", endpoint_url=s3.url, **_creds()).create_bucket(Bucket=BUCKET)
-        yield s3
-
-
-def _creds():
-    return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
-            "region_name": "us-east-1"}
+@pytest.fixture(scope="module")
+def fault_s3(s3_http):
+    # Per module: an in-process mock_aws elsewhere in the session resets moto's backends.
+    s3_client(s3_http.url).create_bucket(Bucket=BUCKET)
+    return s3_http
 
 
 @dataclass
@@ -131,7 +125,7 @@ def fault_stack(prefect_api, fault_s3, request, tmp_path):
                "PREFECT_LOGGING_LEVEL": "INFO"}
         env.pop("FLASHGEN_FAILPOINT", None)
         yield FaultStack(api=api, proxy=proxy,
-                         s3=boto3.client("s3", endpoint_url=fault_s3.url, **_creds()),
+                         s3=s3_client(fault_s3.url),
                          env=env, prefix=prefix, prefect_home=Path(prefect_api["PREFECT_HOME"]),
                          workdir=tmp_path)
 

@@ -13,12 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import boto3
 import pytest
 
 from flashgen.emulator import EmulatorConfig, EmulatorServer
 from flashgen.records import ImageRecord, LedgerEntry, LedgerState
-from infra.stack import MotoS3
+from tests.conftest import s3_client
 from tests.conftest import wait_for as _wait_for
 
 pytestmark = pytest.mark.slow
@@ -28,10 +27,9 @@ FLASHGEN = [sys.executable, "-m", "flashgen.cli"]
 
 
 @pytest.fixture(scope="module")
-def s3_server():
-    with MotoS3() as s3:
-        boto3.client("s3", endpoint_url=s3.url, **_creds()).create_bucket(Bucket=BUCKET)
-        yield s3
+def s3_server(s3_http):
+    s3_client(s3_http.url).create_bucket(Bucket=BUCKET)
+    return s3_http
 
 
 @pytest.fixture
@@ -45,13 +43,8 @@ def stack(prefect_api, s3_server, request, tmp_path):
                "FLASHGEN_POLL_INITIAL": "0.1", "FLASHGEN_POLL_MAXIMUM": "0.5",
                "FLASHGEN_SEND_LEASE": "10", "FLASHGEN_STATE_DIR": str(tmp_path / "state"),
                "PREFECT_LOGGING_LEVEL": "WARNING"}
-        s3 = boto3.client("s3", endpoint_url=s3_server.url, **_creds())
+        s3 = s3_client(s3_server.url)
         yield api, env, s3, prefix
-
-
-def _creds():
-    return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
-            "region_name": "us-east-1"}
 
 
 def _keys(s3, prefix: str) -> list[str]:
