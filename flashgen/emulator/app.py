@@ -133,6 +133,7 @@ def _api_routes(emulator: Emulator) -> APIRouter:
         body = await request.body()
         # Kept only for the job:echo-auth fault, which plays an API that leaks it.
         auth = request.headers.get("authorization")
+        emulator.note_submit_request(model_id, body)
         return await answer(
             emulator,
             "submit",

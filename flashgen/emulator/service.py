@@ -52,6 +52,15 @@ class Emulator:
             self.stats.faults_injected[kind] += 1
         return kind
 
+    def note_submit_request(self, model_id: str, body: bytes) -> None:
+        """Count a submit that reached the emulator, whatever then becomes of it (a fault
+        may drop it unanswered): tests tell a truly ambiguous submit from one never sent."""
+        try:
+            inputs = checked_inputs(model_id, body)
+        except Exception:  # an invalid submit is refused, not ambiguous
+            return
+        self.stats.submit_requests_by_fingerprint[fingerprint(model_id, inputs)] += 1
+
     def submit(
         self, model_id: str, body: bytes, base: str, auth: str | None = None
     ) -> dict[str, Any]:

@@ -31,6 +31,8 @@ class Stats:
     file_downloads: int = 0  # file requests answered with the PNG
     file_requests_with_auth: int = 0  # file requests that carried an Authorization header
     submissions_by_fingerprint: Counter[str] = field(default_factory=Counter)
+    # every submit that arrived, by fingerprint, even one a fault then dropped unanswered
+    submit_requests_by_fingerprint: Counter[str] = field(default_factory=Counter)
     polls_by_request: Counter[str] = field(default_factory=Counter)  # status + result calls
     faults_injected: Counter[str] = field(default_factory=Counter)  # by kind
 

@@ -3,8 +3,9 @@ emulator, and moto's S3 server behind a proxy that breaks S3 on cue.
 
 ``FaultStack.check`` asserts the guarantees the README promises, after any fault:
 0 duplicate submissions; every input ends stored, failed with a reason, invalid or skipped,
-and "ambiguous" only if its POST really reached the API; every stored image decodes and
-matches its SHA-256; the token in none of S3, the command's output or Prefect's database.
+and "ambiguous" only if its POST really reached the API (the emulator counts every submit
+that arrives, even one a fault drops unanswered); every stored image decodes and matches
+its SHA-256; the token in none of S3, the command's output or Prefect's database.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class FaultStack:
         assert stats["duplicate_submissions"] == 0, stats["submissions_by_fingerprint"]
         rows = self.manifest(batch_id)
         assert sorted(r.line for r in rows) == list(range(2, inputs + 2)), "an input was lost"
-        sent = stats["submissions_by_fingerprint"]
+        sent = stats["submit_requests_by_fingerprint"]  # arrived, answered or not
         for row in rows:
             if row.state in (ItemState.FAILED, ItemState.INVALID):
                 assert row.reason, row
