@@ -30,10 +30,11 @@ sending         owner gone, or lease ran out          mark ambiguous, then as ab
 
 The request_id the API returned reaches durable storage before anything can retry the
 submit: it goes first to a local ``Journal`` (one fsync'ed file per item in the state
-directory, which every run on the machine reads), then to the ledger, with
-``RECORD_ATTEMPTS`` tries spaced by ``RECORD_BACKOFF`` on top of botocore's own retries.
-Only once the ledger holds it is the journal file removed. A submit retried after a failed
-write finds the journal and records it again; it never resends the POST.
+directory, which every run on the machine reads), then to the ledger (one PutObject, which
+botocore tries ``storage.S3_ATTEMPTS`` times). Only once the ledger holds it is the journal
+file removed. If S3 is down longer than that, the submit task fails and Prefect retries it
+(``tasks.policy``): the retry's ``decide`` finds the request_id in the journal and records
+it again; it never resends the POST. A rerun after a crash does the same.
 
 This module imports no Prefect: ``decide`` is one synchronous step over ``Store``'s
 conditional puts, and the caller (``tasks.generation``) loops on ``WAIT``.
@@ -62,12 +63,6 @@ from flashgen.storage import Store
 
 log = logging.getLogger(__name__)
 
-# Recording a request_id: this many PutObject calls (each tried by botocore up to
-# storage.S3_ATTEMPTS times), RECORD_BACKOFF seconds apart, doubling: 1+2+4+8+16+30 s
-# between calls, so at most 7 × 8 = 56 PUTs and minutes of S3 outage ridden out.
-RECORD_ATTEMPTS = 7
-RECORD_BACKOFF = 1.0
-RECORD_BACKOFF_CAP = 30.0
 # How long to wait before re-reading an item another live run is sending right now.
 WAIT_FOR_SENDER = 0.5
 
@@ -198,7 +193,6 @@ class Ledger:
         send_lease: float = 60.0,
         owner_gone: Callable[[LedgerEntry], bool] | None = None,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = store
         self.journal = journal
@@ -207,7 +201,6 @@ class Ledger:
         self.send_lease = send_lease
         self._owner_gone = owner_gone
         self._clock = clock
-        self._sleep = sleep
 
     # --- deciding -------------------------------------------------------------------------
 
@@ -287,15 +280,15 @@ class Ledger:
     # --- recording outcomes ---------------------------------------------------------------
 
     def record_submitted(self, item: ItemRef, request_id: str, attempts: int) -> LedgerEntry:
-        """The API returned ``request_id``: journal it, then put it in the ledger, insisting.
+        """The API returned ``request_id``: journal it, then put it in the ledger.
 
-        Raises StorageError only after ``RECORD_ATTEMPTS`` writes failed; the journal still
-        holds the request_id then, so a retry or a rerun adopts it instead of resending.
+        A StorageError leaves the request_id in the journal, so a retry or a rerun adopts
+        it instead of resending.
         """
         self.journal.remember(item.fingerprint, request_id)
         entry = self._entry(item, LedgerState.SUBMITTED, request_id=request_id,
                             attempts=attempts)
-        self._write(entry, attempts=RECORD_ATTEMPTS)
+        self._write(entry)
         self.journal.forget(item.fingerprint)
         return entry
 
@@ -384,17 +377,6 @@ class Ledger:
                            state=state, owner=self.owner, owner_run=self.owner_run,
                            batch_id=item.batch_id, **fields)
 
-    def _write(self, entry: LedgerEntry, *, attempts: int = 1) -> None:
-        """Write our own entry; ``attempts`` > 1 only where it holds the only request_id."""
-        delay = RECORD_BACKOFF
-        for attempt in range(1, attempts + 1):
-            try:
-                self.store.write_ledger(entry)
-                return
-            except StorageError as exc:
-                if attempt == attempts or not exc.transient:
-                    raise
-                log.warning("ledger write for %s failed (%s); again in %.0fs", entry.key, exc,
-                            delay)
-                self._sleep(delay)
-                delay = min(delay * 2, RECORD_BACKOFF_CAP)
+    def _write(self, entry: LedgerEntry) -> None:
+        """Write our own entry (over whatever is there: it is ours to write)."""
+        self.store.write_ledger(entry)

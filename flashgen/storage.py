@@ -228,9 +228,9 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None) -
     if endpoint_url and session.region_name is None:
         session = boto3.session.Session(region_name="us-east-1")
     config = Config(
-        # The one layer that retries S3 calls (ledger request_ids add their own, see
-        # flashgen.ledger): 8 attempts, backoff up to 20 s, rides out ~1 min of throttling.
-        retries={"mode": "standard", "max_attempts": S3_ATTEMPTS},
+        # The layer that retries an S3 call: 8 attempts, jittered backoff (about 10 s of
+        # outage on average); longer outages are the tasks' retries (tasks.policy).
+        retries={"mode": "standard", "total_max_attempts": S3_ATTEMPTS},
         max_pool_connections=MAX_POOL_CONNECTIONS,
         connect_timeout=10,
         read_timeout=60,

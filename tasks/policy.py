@@ -6,15 +6,18 @@ Which layer retries what (one layer per concern):
 - an S3 call by botocore (standard mode, ``storage.S3_ATTEMPTS``); a request_id by the ledger
   (``flashgen.ledger.RECORD_ATTEMPTS``), because it may be the only copy;
 - a task is retried by Prefect (``RETRIES`` times, with backoff) only for what no layer
-  below can see or wait out, and never where a retry could pay twice:
-  ``submit`` after a transient error that proves nothing was sent (the API kept answering
-  429 or could not be reached for longer than the client's budget; the retry asks the
-  ledger first), and ``fetch`` after a download that arrived whole by HTTP but does not
-  decode (``CorruptDownloadError``, fetched again from its request_id). Anything else a
-  task raises has spent its own layer's budget; repeating it would multiply the attempts.
+  below can wait out, and never where a retry could pay twice:
+  ``submit`` after a transient API error that proves nothing was sent (429 or unreachable
+  for longer than the client's budget), or an S3 outage longer than botocore's (a
+  request_id the API already returned waits in the ledger's local journal, and the retry
+  asks the ledger first, so it adopts that request_id instead of resending);
+  ``fetch`` after a download that arrived whole by HTTP but does not decode
+  (``CorruptDownloadError``, fetched again from its request_id);
+  ``store`` after an S3 outage (its writes are idempotent).
+  Anything else a task raises has spent its own layer's budget.
 
-So a status call is tried at most 4 times, an S3 call 8, a request_id's ledger write 7 × 8,
-and an unsent submit 4 × 4 (never twice once it may have arrived).
+So a status call is tried at most 4 times, an S3 call 8 (a ledger write 8 × 4 across task
+retries), and an unsent submit 4 × 4 (never again once it may have arrived).
 """
 
 from __future__ import annotations
@@ -24,15 +27,17 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from flashgen.errors import CorruptDownloadError, TransientApiError
+from flashgen.errors import CorruptDownloadError, StorageError, TransientApiError
 
 RETRIES = 3
 
 
 # What Prefect retries, per task (see above); every other failure is final for the task.
 RETRIED_BY_PREFECT: dict[str, tuple[type[Exception], ...]] = {
-    "submit": (TransientApiError,),  # the client raises these only for unsent submits
+    # TransientApiError: the client raises it from a submit only when nothing was sent.
+    "submit": (TransientApiError, StorageError),
     "fetch": (CorruptDownloadError,),
+    "store": (StorageError,),
 }
 
 

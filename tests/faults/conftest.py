@@ -116,7 +116,9 @@ class FaultStack:
 def fault_stack(prefect_api, fault_s3, request, tmp_path):
     config = getattr(request, "param", None) or EmulatorConfig(
         workers=4, job_time=0.3, tokens=[TOKEN], fault_seed=11)
-    prefix = "f-" + "".join(c if c.isalnum() else "-" for c in request.node.name)[:50]
+    name = request.node.name  # parametrized names share long stems: keep the ends apart
+    prefix = "f-" + hashlib.sha256(name.encode()).hexdigest()[:8] + "-" + "".join(
+        c if c.isalnum() else "-" for c in name)[:40]
     with EmulatorServer(config) as api, S3FaultProxy(fault_s3.url) as proxy:
         env = {**os.environ, **prefect_api, **fault_s3.env, "AWS_ENDPOINT_URL": proxy.url,
                "RUNCOMFY_BASE_URL": api.url, "RUNCOMFY_API_TOKEN": TOKEN,

@@ -17,7 +17,10 @@ def test_s3_unavailable_right_after_a_submit_pays_once(fault_stack):
     """S3 drops every connection for 11 s from the first request_id write on."""
     source = fault_stack.prompts(4)
     fault_stack.proxy.outage_after(r"^PUT .*/ledger/", b'"state":"submitted"', seconds=11)
-    done = fault_stack.batch(source, "--batch-id", "outage", "--concurrency", "4")
+    # Longer than botocore rides out alone; the tasks' retries (2 + 4 + 8 s at the least,
+    # with this delay) outlast it, and a submit's retry adopts its journaled request_id.
+    done = fault_stack.batch(source, "--batch-id", "outage", "--concurrency", "4",
+                             FLASHGEN_TASK_RETRY_DELAY="4")
     assert done.returncode == 0, done.stderr[-2000:]
     assert fault_stack.proxy.outages == 1 and fault_stack.proxy.dropped > 0
     assert fault_stack.check("outage", inputs=4) == {"stored": 4}

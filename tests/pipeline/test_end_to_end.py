@@ -166,3 +166,48 @@ def test_cli_generate_one_image_with_its_options(stack):
                              "prompt_extend": False, "seed": 7}
     assert (record.width, record.height) == (810, 1440)
     assert record.image_uri.removeprefix(f"s3://{BUCKET}/") in done.stdout.replace("\n", "")
+
+
+def _limit(env, name: str, slots: int) -> dict[str, str]:
+    """A fresh global concurrency limit of ``slots`` for one test; the env that uses it."""
+    subprocess.run([sys.executable, "-m", "prefect", "gcl", "create", name, "--limit",
+                    str(slots)], env=env, check=True, capture_output=True)
+    return {**env, "FLASHGEN_CONCURRENCY_LIMIT": name}
+
+
+@pytest.mark.parametrize("stack", [EmulatorConfig(workers=16, job_time=1.0, job_time_spread=0.0,
+                                                  tokens=[TOKEN])], indirect=True)
+def test_two_runs_asking_two_each_fill_a_limit_of_three(stack, tmp_path):
+    api, env, s3, prefix = stack
+    env = _limit(env, "e2e-share-3", 3)
+    runs = [subprocess.Popen([*FLASHGEN, "batch", str(_prompts(tmp_path / f"r{n}.csv", 12)),
+                              "--concurrency", "2", "--batch-id", f"share-{n}",
+                              "--defaults", json.dumps({"negative_prompt": f"run {n}"})],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for n in (1, 2)]
+    for run in runs:
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
+    stats = api.stats()
+    assert stats["submissions"] == 24 and stats["duplicate_submissions"] == 0
+    assert stats["max_in_flight"] == 3  # every slot used, none more
+
+
+@pytest.mark.parametrize("stack", [EmulatorConfig(workers=16, job_time=1.0, job_time_spread=0.0,
+                                                  tokens=[TOKEN])], indirect=True)
+def test_a_small_run_started_during_a_big_one_finishes_first(stack, tmp_path):
+    api, env, s3, prefix = stack
+    env = _limit(env, "e2e-late-3", 3)
+    big = subprocess.Popen([*FLASHGEN, "batch", str(_prompts(tmp_path / "big.csv", 90)),
+                            "--concurrency", "3", "--batch-id", "big"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: api.stats()["submissions"] >= 3, 300)  # the big run holds every slot
+    small = subprocess.run([*FLASHGEN, "batch", "-p", "a small on-demand heron",
+                            "-p", "a small on-demand crane", "--batch-id", "small"],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert small.returncode == 0, small.stderr[-3000:]
+    assert big.poll() is None, "the small run waited for the big one to end"
+    _, err = big.communicate(timeout=600)
+    assert big.returncode == 0, err[-3000:]
+    stats = api.stats()
+    assert stats["max_in_flight"] <= 3 and stats["duplicate_submissions"] == 0
