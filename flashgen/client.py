@@ -32,7 +32,8 @@ taken: the error is raised at once. All waiting goes through ``flashgen.timing``
     cancel        3       15 s   the same (cancelling twice is harmless)
     download      3       30 s   transport errors, 408, 429, 5xx from the file host
     wait          —    timeout=  one ``status`` call per poll (with its retries above);
-                                 polls are timed by ``flashgen.polling.PollPlan``
+                                 polls are timed by ``flashgen.polling.PollPlan``; a poll
+                                 that still fails is tried again later, to the deadline
 
 401/403/404/422 and the account codes are never retried. ``RunComfyClient(retries=...)``
 overrides rows of this table (``DEFAULT_RETRIES``).
@@ -353,7 +354,16 @@ class RunComfyClient:
         while True:
             if delay > 0:  # only the first poll of a resumed job comes at once
                 await timing.sleep(_within(delay, deadline))
-            status = await self.status(request_id)
+            try:
+                status = await self.status(request_id)
+            except TransientApiError as exc:
+                # The poll spent its own retries, but the job runs on regardless: the wait
+                # is the retry here, looking again later until the deadline.
+                if deadline is not None and timing.now() >= deadline:
+                    raise
+                log.warning("status of %s unavailable (%s); looking again", request_id, exc)
+                delay = self._poll.maximum
+                continue
             polls += 1
             if on_status is not None:
                 outcome = on_status(status)

@@ -5,19 +5,22 @@ Which layer retries what (one layer per concern):
 - an HTTP call is retried by the client (its own table, ``flashgen.client``);
 - an S3 call by botocore (standard mode, ``storage.S3_ATTEMPTS``); a request_id by the ledger
   (``flashgen.ledger.RECORD_ATTEMPTS``), because it may be the only copy;
-- a task is retried by Prefect (``RETRIES`` times, with backoff) only for what no layer
-  below can wait out, and never where a retry could pay twice:
+- a status poll that still fails is looked at again by the wait loop, to the job's
+  deadline (``RunComfyClient.wait``): the job runs on whatever its poll met;
+- a task is retried by Prefect (``RETRIES`` times, with backoff) only for outages longer
+  than one call's budget, and only where a retry cannot pay twice:
   ``submit`` after a transient API error that proves nothing was sent (429 or unreachable
   for longer than the client's budget), or an S3 outage longer than botocore's (a
   request_id the API already returned waits in the ledger's local journal, and the retry
   asks the ledger first, so it adopts that request_id instead of resending);
-  ``fetch`` after a download that arrived whole by HTTP but does not decode
-  (``CorruptDownloadError``, fetched again from its request_id);
-  ``store`` after an S3 outage (its writes are idempotent).
-  Anything else a task raises has spent its own layer's budget.
+  ``fetch`` after the result or file host stayed unavailable, or a download arrived whole
+  by HTTP but does not decode (``CorruptDownloadError``): fetched again from the
+  request_id; ``store`` after an S3 outage (its writes are idempotent).
+  Anything else a task raises is final for the task.
 
 So a status call is tried at most 4 times, an S3 call 8 (a ledger write 8 × 4 across task
-retries), and an unsent submit 4 × 4 (never again once it may have arrived).
+retries), a result or download 4 × 4, and an unsent submit 4 × 4 (never again once it
+may have arrived).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from flashgen.errors import CorruptDownloadError, StorageError, TransientApiError
+from flashgen.errors import DownloadError, StorageError, TransientApiError, is_transient
 
 RETRIES = 3
 
@@ -36,7 +39,7 @@ RETRIES = 3
 RETRIED_BY_PREFECT: dict[str, tuple[type[Exception], ...]] = {
     # TransientApiError: the client raises it from a submit only when nothing was sent.
     "submit": (TransientApiError, StorageError),
-    "fetch": (CorruptDownloadError,),
+    "fetch": (TransientApiError, DownloadError),  # CorruptDownloadError among them
     "store": (StorageError,),
 }
 
@@ -46,7 +49,7 @@ async def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     try:
         await state.result()
     except Exception as exc:  # the task's own exception, re-raised by result()
-        return isinstance(exc, RETRIED_BY_PREFECT.get(task.name, ()))
+        return isinstance(exc, RETRIED_BY_PREFECT.get(task.name, ())) and is_transient(exc)
     return False
 
 
