@@ -39,17 +39,7 @@ class Sizes:
 
 def single(services: Services, sizes: Sizes) -> dict[str, Any]:
     """One batch: makespan, polls, detection lag, orchestration CPU and memory."""
-    n, c, job = sizes.single, 16, 2.0
-    with services.emulator(job) as api:
-        _set_limit(c)
-        with ProcessCost(services.prefect) as cost:
-            wall, _ = _timed(_flow("single", n, c))
-        records = _records("single")
-        figures = _job_figures(records, api.job_times())
-        stats = api.stats()
-    return {"images": n, "concurrency": c, "job_s": job, "wall_s": wall,
-            "makespan_over_ideal": wall / _ideal(n, c, job), **figures, **_cost(cost, n),
-            "duplicate_submissions": stats["duplicate_submissions"]}
+    return _one_flow(services, "single", sizes.single, 16, 2.0, job_figures=True)
 
 
 def baseline_single(services: Services, sizes: Sizes) -> dict[str, Any]:
@@ -108,14 +98,20 @@ def late(services: Services, sizes: Sizes, delay: float = 10.0) -> dict[str, Any
 
 def scale(services: Services, sizes: Sizes) -> dict[str, Any]:
     """Many short jobs at high concurrency: what orchestration costs per image."""
-    n, c, job = sizes.scale, 64, 0.2
+    return _one_flow(services, "scale", sizes.scale, 64, 0.2, job_figures=False)
+
+
+def _one_flow(services: Services, run: str, n: int, c: int, job: float, *,
+              job_figures: bool) -> dict[str, Any]:
+    """One flow run of ``n`` images at concurrency ``c`` against ``job``-second jobs."""
     with services.emulator(job) as api:
         _set_limit(c)
         with ProcessCost(services.prefect) as cost:
-            wall, _ = _timed(_flow("scale", n, c))
+            wall, _ = _timed(_flow(run, n, c))
+        figures = _job_figures(_records(run), api.job_times()) if job_figures else {}
         stats = api.stats()
     return {"images": n, "concurrency": c, "job_s": job, "wall_s": wall,
-            "makespan_over_ideal": wall / _ideal(n, c, job), **_cost(cost, n),
+            "makespan_over_ideal": wall / _ideal(n, c, job), **figures, **_cost(cost, n),
             "duplicate_submissions": stats["duplicate_submissions"]}
 
 

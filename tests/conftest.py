@@ -142,3 +142,18 @@ def s3_client(endpoint: str):
     return boto3.client("s3", endpoint_url=endpoint, region_name=FAKE_AWS["AWS_REGION"],
                         aws_access_key_id=FAKE_AWS["AWS_ACCESS_KEY_ID"],
                         aws_secret_access_key=FAKE_AWS["AWS_SECRET_ACCESS_KEY"])
+
+
+FLASHGEN = [sys.executable, "-m", "flashgen.cli"]  # the CLI, as a real process
+
+
+def module_bucket(name: str):
+    """A module-scoped fixture: ``s3_http`` with bucket ``name`` made. Per module, because
+    an in-process ``mock_aws`` elsewhere in the session resets moto's backends."""
+
+    @pytest.fixture(scope="module")
+    def bucket(s3_http):
+        s3_client(s3_http.url).create_bucket(Bucket=name)
+        return s3_http
+
+    return bucket

@@ -14,7 +14,6 @@ import hashlib
 import io
 import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,19 +22,12 @@ from PIL import Image
 
 from flashgen.emulator import EmulatorConfig, EmulatorServer
 from flashgen.records import ImageRecord, ItemState, ManifestRow
-from tests.conftest import s3_client
+from tests.conftest import FLASHGEN, module_bucket, s3_client
 from tests.faults.s3proxy import S3FaultProxy
 
 TOKEN = "fault-token-9f8e7d6c5b4a3921"
 BUCKET = "flashgen-faults"
-FLASHGEN = [sys.executable, "-m", "flashgen.cli"]
-
-
-@pytest.fixture(scope="module")
-def fault_s3(s3_http):
-    # Per module: an in-process mock_aws elsewhere in the session resets moto's backends.
-    s3_client(s3_http.url).create_bucket(Bucket=BUCKET)
-    return s3_http
+fault_s3 = module_bucket(BUCKET)
 
 
 @dataclass

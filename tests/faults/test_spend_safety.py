@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from flashgen.failpoints import POINTS
-from tests.faults.conftest import FLASHGEN
+from tests.conftest import FLASHGEN
 
 pytestmark = pytest.mark.slow
 

@@ -17,19 +17,13 @@ import pytest
 
 from flashgen.emulator import EmulatorConfig, EmulatorServer
 from flashgen.records import ImageRecord, LedgerEntry, LedgerState
-from tests.conftest import s3_client
+from tests.conftest import FLASHGEN, module_bucket, s3_client
 from tests.conftest import wait_for as _wait_for
 
 pytestmark = pytest.mark.slow
 TOKEN = "e2e-token-abcdefghijklmnop"
 BUCKET = "flashgen-e2e"
-FLASHGEN = [sys.executable, "-m", "flashgen.cli"]
-
-
-@pytest.fixture(scope="module")
-def s3_server(s3_http):
-    s3_client(s3_http.url).create_bucket(Bucket=BUCKET)
-    return s3_http
+s3_server = module_bucket(BUCKET)
 
 
 @pytest.fixture
