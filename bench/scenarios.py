@@ -153,7 +153,7 @@ def _records(prefix: str) -> list[dict[str, Any]]:
     from flashgen.storage import Store
 
     store = Store(BUCKET, prefix)
-    keys = [o.key for o in store.list_keys("metadata/")]
+    keys = [o.s3_key for o in store.list_keys("metadata/")]
     with ThreadPoolExecutor(16) as pool:
         return list(pool.map(store.read_json, keys))
 

@@ -48,7 +48,7 @@ CATALOG_SCHEMA = pa.schema([
     pa.field("line", pa.int32()),
     pa.field("state", pa.string(), nullable=False),
     pa.field("reason", pa.string()),
-    pa.field("key", pa.string()),
+    pa.field("fingerprint", pa.string()),
     pa.field("model", pa.string()),
     pa.field("prompt", pa.string()),
     pa.field("negative_prompt", pa.string()),
@@ -81,7 +81,7 @@ class CatalogRow(BaseModel):
     line: int | None = None
     state: str
     reason: str | None = None
-    key: str | None = None
+    fingerprint: str | None = None
     model: str | None = None
     prompt: str | None = None
     negative_prompt: str | None = None
@@ -110,7 +110,8 @@ class CatalogRow(BaseModel):
         """The manifest row, completed from its record where it has one."""
         fields = {
             "batch_id": batch_id, "line": row.line, "state": row.state.value,
-            "reason": row.reason, "key": row.key, "prompt": row.prompt, "seed": row.seed,
+            "reason": row.reason, "fingerprint": row.fingerprint, "prompt": row.prompt,
+            "seed": row.seed,
             "aspect_ratio": row.aspect_ratio, "request_id": row.request_id,
             "image_uri": (row.image_uris or [None])[0], "metadata_uri": row.metadata_uri,
         }
@@ -118,7 +119,7 @@ class CatalogRow(BaseModel):
             inputs = record.inputs
             timings = record.timings
             fields |= {
-                "key": row.key or record.key, "model": record.model,
+                "fingerprint": row.fingerprint or record.fingerprint, "model": record.model,
                 "prompt": row.prompt or inputs.get("prompt"),
                 "negative_prompt": inputs.get("negative_prompt"),
                 "aspect_ratio": row.aspect_ratio or inputs.get("aspect_ratio"),
@@ -187,7 +188,7 @@ def batch_day(store: Store, batch_id: str, *, last_modified: datetime | None = N
     if last_modified is None:
         manifest_key = store.layout.manifest(batch_id)
         found = [o for o in store.list_keys(manifest_key.removeprefix(store.layout.below()))
-                 if o.key == manifest_key]
+                 if o.s3_key == manifest_key]
         if not found:
             raise StorageError(f"no manifest for batch {batch_id!r} at {store.uri(manifest_key)}")
         last_modified = found[0].last_modified
@@ -203,7 +204,7 @@ def rebuild_catalog(store: Store) -> list[str]:
     manifests = store.layout.below("manifests/")
     written = []
     for listed in store.list_keys("manifests/"):
-        name = listed.key[len(manifests):]
+        name = listed.s3_key[len(manifests):]
         if "/" in name or not name.endswith(".jsonl"):  # summaries, anything else
             continue
         batch_id = name.removesuffix(".jsonl")

@@ -274,7 +274,8 @@ def ledger_list(
     try:
         for entry in _ledger(bucket, prefix).entries(state=wanted, batch_id=batch):
             updated = entry.updated_at.isoformat(timespec="seconds") if entry.updated_at else ""
-            typer.echo(f"{entry.key}  {entry.state.value:<10} {entry.request_id or '-':<38} "
+            typer.echo(f"{entry.fingerprint}  {entry.state.value:<10} "
+                       f"{entry.request_id or '-':<38} "
                        f"{entry.batch_id or '-':<24} {updated}")
     except FlashgenError as exc:
         _fail(exc, 2 if isinstance(exc, InputError) else 1)

@@ -369,7 +369,7 @@ def write_local_gallery(
 ) -> Path:
     """Download the batch's images and records under ``out_dir`` and write ``index.html``.
 
-    Files keep their S3 layout below the prefix (``images/YYYY/MM/DD/<key>.png``,
+    Files keep their S3 layout below the prefix (``images/YYYY/MM/DD/<fp>.png``,
     ``metadata/…``); the page links them by relative path. Returns the page's path.
     """
     out = Path(out_dir)

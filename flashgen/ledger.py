@@ -320,7 +320,7 @@ class Ledger:
                 batch_id: str | None = None) -> Iterator[LedgerEntry]:
         """Every entry, optionally only those in ``state`` or last written by ``batch_id``."""
         for listed in self.store.list_keys("ledger/"):
-            found = self.store.read_ledger(Path(listed.key).stem)
+            found = self.store.read_ledger(Path(listed.s3_key).stem)
             if found is None:
                 continue
             entry = found[0]
@@ -373,7 +373,7 @@ class Ledger:
         return self._clock() + self.send_lease
 
     def _entry(self, item: ItemRef, state: LedgerState, **fields: Any) -> LedgerEntry:
-        return LedgerEntry(key=item.fingerprint, model=item.model, inputs=item.inputs,
+        return LedgerEntry(fingerprint=item.fingerprint, model=item.model, inputs=item.inputs,
                            state=state, owner=self.owner, owner_run=self.owner_run,
                            batch_id=item.batch_id, **fields)
 

@@ -94,7 +94,7 @@ def census(store: Store, items: Iterable[Item], *, force: bool = False,
         state = found[0].state if found else None
         if state == LedgerState.STORED and not force:
             counts["stored"] += 1
-            stored.add(item.key)
+            stored.add(item.fingerprint)
         elif state == LedgerState.SUBMITTED and found and found[0].request_id:
             counts["in_flight"] += 1
         elif state in (LedgerState.AMBIGUOUS, LedgerState.SENDING, LedgerState.CLAIMED) and (
@@ -106,11 +106,11 @@ def census(store: Store, items: Iterable[Item], *, force: bool = False,
 
 
 def _bounded_map(function, items: Iterable[Item], width: int) -> Iterator[tuple[Item, object]]:
-    """``(item, function(item.key))`` in order, with at most ``width`` calls in flight."""
+    """``(item, function(item.fingerprint))`` in order, with at most ``width`` calls in flight."""
     with ThreadPoolExecutor(max_workers=width, thread_name_prefix="ledger-read") as pool:
         window: list[tuple[Item, Future]] = []
         for item in items:
-            window.append((item, pool.submit(function, item.key)))
+            window.append((item, pool.submit(function, item.fingerprint)))
             if len(window) >= width * 2:
                 first, future = window.pop(0)
                 yield first, future.result()

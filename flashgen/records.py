@@ -1,6 +1,8 @@
 """What flashgen writes to S3: the ledger entry, the image record and the manifest row.
 
-One pydantic model per object, so data teams can read them back with the same schema.
+One pydantic model per object, so data teams can read them back with the same schema. An
+item's ``fingerprint`` (a hash of model and inputs) was called ``key`` before 0.2; records
+written then still read.
 """
 
 from __future__ import annotations
@@ -9,11 +11,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 
 class LedgerState(StrEnum):
-    """Life of one fingerprint in ``ledger/<key>.json`` (the rules: ``flashgen.ledger``).
+    """Life of one fingerprint in ``ledger/<fingerprint>.json`` (the rules: ``flashgen.ledger``).
 
     sending → submitted → stored, or → failed / ambiguous. ``sending`` is written right
     before the POST, so it is the one state in which a paid job may exist unrecorded.
@@ -30,7 +32,7 @@ class LedgerState(StrEnum):
 class LedgerEntry(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    key: str
+    fingerprint: str = Field(validation_alias=AliasChoices("fingerprint", "key"))
     model: str
     inputs: dict[str, Any]
     state: LedgerState
@@ -63,9 +65,9 @@ class Timings(BaseModel):
 
 
 class ImageRecord(BaseModel):
-    """``metadata/YYYY/MM/DD/<key>.json``: everything known about one stored file."""
+    """``metadata/YYYY/MM/DD/<fingerprint>.json``: everything known about one stored file."""
 
-    key: str
+    fingerprint: str = Field(validation_alias=AliasChoices("fingerprint", "key"))
     model: str
     inputs: dict[str, Any]  # with defaults applied
     request_id: str
@@ -89,7 +91,7 @@ class ManifestRow(BaseModel):
     """One line of ``manifests/<batch_id>.jsonl``: one input of the batch and how it ended."""
 
     line: int | None = None  # line (or row) in the prompt source, 1-based
-    key: str | None = None
+    fingerprint: str | None = Field(None, validation_alias=AliasChoices("fingerprint", "key"))
     prompt: str | None = None
     seed: int | None = None
     aspect_ratio: str | None = None

@@ -75,12 +75,12 @@ class Row(BaseModel):
 
 
 class Item(BaseModel):
-    """One generation: validated inputs with defaults applied, and its idempotency key."""
+    """One generation: validated inputs with defaults applied, and their fingerprint."""
 
     line: int
     model_id: str
     inputs: dict[str, Any]
-    key: str
+    fingerprint: str
 
 
 class InvalidRow(BaseModel):
@@ -92,10 +92,10 @@ class InvalidRow(BaseModel):
 
 
 class Duplicate(BaseModel):
-    """An item whose inputs (so whose key) an earlier item already has; it is not sent."""
+    """An item whose inputs (so whose fingerprint) an earlier item has; it is not sent."""
 
     line: int
-    key: str
+    fingerprint: str
     first_line: int
     prompt: str | None
     seed: int | None
@@ -611,7 +611,8 @@ class BatchPlan(BaseModel):
             for inputs, key in planned:
                 ordinal += 1
                 if first.get(bytes.fromhex(key), 0) >> 32 == ordinal:
-                    yield Item(line=row.line, model_id=planner.model_id, inputs=inputs, key=key)
+                    yield Item(line=row.line, model_id=planner.model_id, inputs=inputs,
+                               fingerprint=key)
 
 
 def plan_batch(

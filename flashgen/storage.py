@@ -2,28 +2,29 @@
 
 Layout, under a configurable bucket and prefix (``Layout`` is the one place that builds keys)::
 
-    <prefix>/images/YYYY/MM/DD/<key>.<ext>           the file; <key>-<n>.<ext> for output n > 0
-    <prefix>/metadata/YYYY/MM/DD/<key>.json          its ImageRecord; <key>-<n>.json likewise
-    <prefix>/ledger/<key>.json                       LedgerEntry: claim → request_id → final state
-    <prefix>/manifests/<batch_id>.jsonl              one ManifestRow per input of the batch
-    <prefix>/manifests/<batch_id>.summary.json       row counts per state, written after the JSONL
-    <prefix>/galleries/<batch_id>.html               the batch's HTML gallery (flashgen.gallery)
+    <prefix>/images/YYYY/MM/DD/<fp>.<ext>             the file; <fp>-<n>.<ext> for output n > 0
+    <prefix>/metadata/YYYY/MM/DD/<fp>.json            its ImageRecord; <fp>-<n>.json likewise
+    <prefix>/ledger/<fp>.json                         LedgerEntry (flashgen.ledger's states)
+    <prefix>/manifests/<batch_id>.jsonl               one ManifestRow per input of the batch
+    <prefix>/manifests/<batch_id>.summary.json        row counts per state, written after it
+    <prefix>/galleries/<batch_id>.html                the batch's HTML gallery (flashgen.gallery)
     <prefix>/catalog/dt=YYYY-MM-DD/<batch_id>.parquet  the batch's catalog rows (flashgen.catalog)
 
-``<key>`` is the item's fingerprint; YYYY/MM/DD is the UTC date of the ``when`` the caller
-passes (pass one ``when`` for an image and its record so both land under the same date).
+``<fp>`` is the item's fingerprint (``fingerprint`` in every method; a full object key is an
+``s3_key``); YYYY/MM/DD is the UTC date of the ``when`` the caller passes (pass one ``when``
+for an image and its record so both land under the same date).
 
 Every write carries a SHA-256 checksum that S3 verifies on arrival, and the configured
 server-side encryption; every read of an object that has a checksum is verified by botocore.
 
-The ledger is what keeps "never pay twice": ``claim`` creates ``ledger/<key>.json`` only if
+The ledger is what keeps "never pay twice": ``claim`` creates ``ledger/<fp>.json`` only if
 it does not exist (``If-None-Match: *``), ``replace_ledger`` overwrites only the version the
 caller read (``If-Match: <etag>``). Losing either race returns False; any other failure
 raises ``StorageError``, whose ``transient`` says whether trying again may help::
 
     store = Store.from_settings(get_settings())          # FLASHGEN_BUCKET, FLASHGEN_PREFIX, …
     if store.claim(entry):                               # we own the key: submit it
-        obj = store.put_image(entry.key, png, "image/png", when=now)
+        obj = store.put_image(entry.fingerprint, png, "image/png", when=now)
         store.put_record(record, when=now)
 
 The class is synchronous and thread-safe (one boto3 client per Store, shared by all threads);
@@ -154,16 +155,16 @@ class Layout:
         return f"{self.prefix}/{sub_prefix}" if self.prefix else sub_prefix
 
     def image(
-        self, key: str, when: datetime, *, index: int = 0, content_type: str = "image/png"
+        self, fingerprint: str, when: datetime, *, index: int = 0, content_type: str = "image/png"
     ) -> str:
-        name = self._name(key, index, extension_for(content_type))
+        name = self._name(fingerprint, index, extension_for(content_type))
         return self.path("images", _utc_day(when), name)
 
-    def metadata(self, key: str, when: datetime, *, index: int = 0) -> str:
-        return self.path("metadata", _utc_day(when), self._name(key, index, "json"))
+    def metadata(self, fingerprint: str, when: datetime, *, index: int = 0) -> str:
+        return self.path("metadata", _utc_day(when), self._name(fingerprint, index, "json"))
 
-    def ledger(self, key: str) -> str:
-        return self.path("ledger", f"{safe_segment(key, 'key')}.json")
+    def ledger(self, fingerprint: str) -> str:
+        return self.path("ledger", f"{safe_segment(fingerprint, 'fingerprint')}.json")
 
     def manifest(self, batch_id: str) -> str:
         return self.path("manifests", f"{safe_segment(batch_id, 'batch_id')}.jsonl")
@@ -187,10 +188,10 @@ class Layout:
         return self.path("catalog", f"dt={day:%Y-%m-%d}", name)
 
     @staticmethod
-    def _name(key: str, index: int, ext: str) -> str:
+    def _name(fingerprint: str, index: int, ext: str) -> str:
         if index < 0:
             raise ValueError(f"output index must be >= 0, got {index}")
-        stem = safe_segment(key, "key")
+        stem = safe_segment(fingerprint, "fingerprint")
         stem = stem if index == 0 else f"{stem}-{index}"
         return f"{stem}.{ext}"
 
@@ -202,16 +203,16 @@ class StoredObject(BaseModel):
 
     uri: str
     bucket: str
-    key: str
+    s3_key: str
     size: int
     sha256: str
     content_type: str
 
 
 class ListedObject(NamedTuple):
-    """One row of ``list_keys``: the full key (feed it to ``read_bytes``), ETag as S3 gives it."""
+    """One row of ``list_keys``: the full S3 key (feed it to ``read_bytes``), ETag as S3 has it."""
 
-    key: str
+    s3_key: str
     etag: str
     last_modified: datetime
     size: int
@@ -311,9 +312,9 @@ class Store:
 
     # --- ledger ---------------------------------------------------------------------------
 
-    def read_ledger(self, key: str) -> tuple[LedgerEntry, str] | None:
-        """The ledger entry for fingerprint ``key`` and its ETag for ``replace_ledger``; or None."""
-        s3_key = self.layout.ledger(key)
+    def read_ledger(self, fingerprint: str) -> tuple[LedgerEntry, str] | None:
+        """The item's ledger entry and its ETag for ``replace_ledger``; or None."""
+        s3_key = self.layout.ledger(fingerprint)
         found = self._get(self.bucket, s3_key, missing_ok=True)
         if found is None:
             return None
@@ -324,14 +325,15 @@ class Store:
             raise StorageError(f"unreadable ledger entry {self.uri(s3_key)}: {exc}") from None
 
     def claim(self, entry: LedgerEntry) -> bool:
-        """Create ``ledger/<entry.key>.json`` only if absent. True: this call created it.
+        """Create ``ledger/<entry.fingerprint>.json`` only if absent. True: this call created it.
 
         False means another writer's entry is there (or a concurrent write won): read it with
         ``read_ledger`` and decide. ``updated_at`` is set on the stored copy.
         """
-        won = self.put_json(self.layout.ledger(entry.key), _stamped(entry), if_none_match=True)
+        won = self.put_json(self.layout.ledger(entry.fingerprint), _stamped(entry),
+                           if_none_match=True)
         if not won:
-            log.debug("claim for %s lost: the ledger entry already exists", entry.key)
+            log.debug("claim for %s lost: the ledger entry already exists", entry.fingerprint)
         return won
 
     def replace_ledger(self, entry: LedgerEntry, etag: str) -> bool:
@@ -339,11 +341,12 @@ class Store:
 
         False when someone wrote it since (412/409) or it is gone (404).
         """
-        return self.put_json(self.layout.ledger(entry.key), _stamped(entry), if_match=etag)
+        return self.put_json(self.layout.ledger(entry.fingerprint), _stamped(entry),
+                             if_match=etag)
 
     def write_ledger(self, entry: LedgerEntry) -> str:
         """Overwrite unconditionally (the owner updating its own entry); returns the ETag."""
-        s3_key = self.layout.ledger(entry.key)
+        s3_key = self.layout.ledger(entry.fingerprint)
         etag = self._put(s3_key, _stamped(entry).model_dump_json().encode(), JSON)
         assert etag is not None  # unconditional puts either succeed or raise
         return etag
@@ -352,7 +355,7 @@ class Store:
 
     def put_image(
         self,
-        key: str,
+        fingerprint: str,
         data: bytes,
         content_type: str,
         *,
@@ -361,7 +364,7 @@ class Store:
         metadata: dict[str, str] | None = None,
         sha256: str | None = None,
     ) -> StoredObject:
-        """Store output ``index`` of fingerprint ``key``; S3 checks its SHA-256 on arrival.
+        """Store output ``index`` of the item ``fingerprint``; S3 checks its SHA-256 on arrival.
 
         ``sha256`` (hex) is the digest the caller already took; S3 refuses the put if the
         bytes do not match it::
@@ -369,18 +372,18 @@ class Store:
             obj = store.put_image("abc", png, "image/png", when=datetime.now(UTC))
             obj.uri, obj.sha256  # ('s3://my-bucket/flashgen/images/2025/01/02/abc.png', '9f86…')
         """
-        s3_key = self.layout.image(key, when, index=index, content_type=content_type)
+        s3_key = self.layout.image(fingerprint, when, index=index, content_type=content_type)
         sha256 = sha256 or hashlib.sha256(data).hexdigest()
         self._put(s3_key, data, content_type, metadata={**(metadata or {}), "sha256": sha256},
                   digest=bytes.fromhex(sha256))
         return StoredObject(
-            uri=self.uri(s3_key), bucket=self.bucket, key=s3_key, size=len(data),
+            uri=self.uri(s3_key), bucket=self.bucket, s3_key=s3_key, size=len(data),
             sha256=sha256, content_type=content_type,
         )
 
     def put_record(self, record: ImageRecord, *, when: datetime) -> str:
         """Store the metadata record next to its image's date; returns its URI."""
-        s3_key = self.layout.metadata(record.key, when, index=record.output_index)
+        s3_key = self.layout.metadata(record.fingerprint, when, index=record.output_index)
         self._put(s3_key, record.model_dump_json().encode(), JSON)
         return self.uri(s3_key)
 
@@ -450,9 +453,9 @@ class Store:
         return rows
 
     def put_json(
-        self, key: str, obj: Any, *, if_none_match: bool = False, if_match: str | None = None
+        self, s3_key: str, obj: Any, *, if_none_match: bool = False, if_match: str | None = None
     ) -> bool:
-        """Write ``obj`` (a pydantic model or anything ``json.dumps`` takes) at full ``key``.
+        """Write ``obj`` (a pydantic model or anything ``json.dumps`` takes) at full ``s3_key``.
 
         With ``if_none_match`` only if nothing is there; with ``if_match`` only over that
         ETag. False when such a condition did not hold; True when written.
@@ -461,7 +464,8 @@ class Store:
             body = obj.model_dump_json()
         else:
             body = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-        etag = self._put(key, body.encode(), JSON, if_none_match=if_none_match, if_match=if_match)
+        etag = self._put(s3_key, body.encode(), JSON, if_none_match=if_none_match,
+                         if_match=if_match)
         return etag is not None
 
     def read_json(self, uri_or_key: str) -> Any:
@@ -502,14 +506,14 @@ class Store:
         except UnicodeDecodeError as exc:
             raise StorageError(f"not UTF-8 text: {self._display(uri_or_key)}: {exc}") from None
 
-    def put_bytes(self, key: str, data: bytes, content_type: str) -> str:
-        """Write ``data`` at full ``key`` (checksummed, encrypted as configured); returns its URI::
+    def put_bytes(self, s3_key: str, data: bytes, content_type: str) -> str:
+        """Write ``data`` at ``s3_key`` (checksummed, encrypted as configured); returns its URI::
 
             store.put_bytes(store.layout.gallery("b1"), page, "text/html; charset=utf-8")
             # 's3://my-bucket/flashgen/galleries/b1.html'
         """
-        self._put(key, data, content_type)
-        return self.uri(key)
+        self._put(s3_key, data, content_type)
+        return self.uri(s3_key)
 
     def presign(self, uri_or_key: str, expires_in: int) -> str:
         """A presigned GET URL for the object, valid for ``expires_in`` seconds (at most 7 days).
@@ -552,7 +556,7 @@ class Store:
 
         ``start_after`` is a full key (e.g. the last one a sensor saw): listing resumes after it::
 
-            [o.key for o in store.list_keys("inbox/")]  # ['fg/inbox/a.csv', 'fg/inbox/b.jsonl']
+            [o.s3_key for o in store.list_keys("inbox/")]  # ['fg/inbox/a.csv', 'fg/inbox/b.jsonl']
         """
         prefix = self.layout.below(sub_prefix)
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
@@ -597,7 +601,7 @@ class Store:
 
     def _put(
         self,
-        key: str,
+        s3_key: str,
         body: bytes,
         content_type: str,
         *,
@@ -612,7 +616,7 @@ class Store:
         """
         params: dict[str, Any] = {
             "Bucket": self.bucket,
-            "Key": key,
+            "Key": s3_key,
             "Body": body,
             "ContentType": content_type,
             "ChecksumAlgorithm": "SHA256",
@@ -632,31 +636,32 @@ class Store:
                 if _retried(exc):
                     # botocore retried after an error: the first attempt may have been ours
                     # and landed, so the 412 could be against our own write.
-                    return self._etag_if_holds(key, body)
+                    return self._etag_if_holds(s3_key, body)
                 return None
-            raise _storage_error("PutObject", self.bucket, key, exc) from exc
+            raise _storage_error("PutObject", self.bucket, s3_key, exc) from exc
         except BotoCoreError as exc:
-            raise _storage_error("PutObject", self.bucket, key, exc) from exc
+            raise _storage_error("PutObject", self.bucket, s3_key, exc) from exc
 
-    def _get(self, bucket: str, key: str, *, missing_ok: bool = False) -> tuple[bytes, str] | None:
+    def _get(self, bucket: str, s3_key: str, *,
+             missing_ok: bool = False) -> tuple[bytes, str] | None:
         """GetObject with checksum validation: ``(body, etag)``; None if missing and allowed."""
         try:
-            response = self.s3.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+            response = self.s3.get_object(Bucket=bucket, Key=s3_key, ChecksumMode="ENABLED")
             return response["Body"].read(), response["ETag"]
         except ClientError as exc:
             if missing_ok and _code(exc) in _NOT_FOUND_CODES:
                 return None
-            raise _storage_error("GetObject", bucket, key, exc) from exc
+            raise _storage_error("GetObject", bucket, s3_key, exc) from exc
         except FlexibleChecksumError as exc:
             raise StorageError(
-                f"S3 GetObject s3://{bucket}/{key}: checksum mismatch, the stored bytes do not "
+                f"S3 GetObject s3://{bucket}/{s3_key}: checksum mismatch, the stored bytes do not "
                 f"match their SHA-256 ({exc})"
             ) from exc
         except BotoCoreError as exc:
-            raise _storage_error("GetObject", bucket, key, exc) from exc
+            raise _storage_error("GetObject", bucket, s3_key, exc) from exc
 
-    def _etag_if_holds(self, key: str, body: bytes) -> str | None:
-        found = self._get(self.bucket, key, missing_ok=True)
+    def _etag_if_holds(self, s3_key: str, body: bytes) -> str | None:
+        found = self._get(self.bucket, s3_key, missing_ok=True)
         if found is not None and found[0] == body:
             return found[1]
         return None

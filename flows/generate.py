@@ -329,7 +329,7 @@ async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: set[str],
     async with ApiSlots(ctx.settings.concurrency_limit, wanted=wanted) as slots:
         async def worker() -> None:
             for item in items:  # one shared iterator: each worker takes the next item
-                if item.key in stored:
+                if item.fingerprint in stored:
                     row = _row(item, ItemState.SKIPPED, "already stored")
                 else:
                     row = await _run_item(ctx, steps, item, slots, submit_limit is not None,
@@ -380,9 +380,9 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
 
 
 def _row(item: Item, state: ItemState, reason: str | None) -> ManifestRow:
-    return ManifestRow(line=item.line, key=item.key, prompt=item.inputs.get("prompt"),
-                       seed=item.inputs.get("seed"), aspect_ratio=item.inputs.get("aspect_ratio"),
-                       state=state, reason=reason)
+    return ManifestRow(line=item.line, fingerprint=item.fingerprint,
+                       prompt=item.inputs.get("prompt"), seed=item.inputs.get("seed"),
+                       aspect_ratio=item.inputs.get("aspect_ratio"), state=state, reason=reason)
 
 
 def _done(row: ManifestRow, began: float, state: ItemState, reason: str | None,
@@ -396,8 +396,8 @@ def _plan_rows(plan: BatchPlan) -> Iterator[ManifestRow]:
         yield ManifestRow(line=bad.line, state=ItemState.INVALID, reason=bad.reason,
                           prompt=bad.prompt)
     for dup in plan.duplicates:
-        yield ManifestRow(line=dup.line, key=dup.key, prompt=dup.prompt, seed=dup.seed,
-                          aspect_ratio=dup.aspect_ratio, state=ItemState.SKIPPED,
+        yield ManifestRow(line=dup.line, fingerprint=dup.fingerprint, prompt=dup.prompt,
+                          seed=dup.seed, aspect_ratio=dup.aspect_ratio, state=ItemState.SKIPPED,
                           reason=f"duplicate of line {dup.first_line}")
 
 

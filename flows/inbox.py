@@ -77,31 +77,32 @@ class InboxFile:
     """One version of one object under the inbox."""
 
     bucket: str
-    key: str
+    s3_key: str
     etag: str  # without the quotes S3 puts around it
     size: int
     last_modified: datetime
 
     @classmethod
     def listed(cls, bucket: str, obj: ListedObject) -> InboxFile:
-        return cls(bucket, obj.key, obj.etag.strip('"'), obj.size, obj.last_modified)
+        return cls(bucket, obj.s3_key, obj.etag.strip('"'), obj.size, obj.last_modified)
 
     @property
     def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
+        return f"s3://{self.bucket}/{self.s3_key}"
 
     @property
     def event_id(self) -> uuid.UUID:
-        return uuid.uuid5(EVENT_NAMESPACE, f"{self.bucket}/{self.key}#{self.etag}")
+        return uuid.uuid5(EVENT_NAMESPACE, f"{self.bucket}/{self.s3_key}#{self.etag}")
 
     @property
     def is_prompt_file(self) -> bool:
-        return not self.key.endswith("/") and PurePosixPath(self.key).suffix.lower() in FORMATS
+        suffix = PurePosixPath(self.s3_key).suffix.lower()
+        return not self.s3_key.endswith("/") and suffix in FORMATS
 
     @property
     def batch_id(self) -> str:
         """``inbox-<file stem>-<etag head>``: names the triggered batch and its manifest."""
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", PurePosixPath(self.key).stem).strip("-._")
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", PurePosixPath(self.s3_key).stem).strip("-._")
         return f"inbox-{stem[:60] or 'file'}-{re.sub(r'[^0-9a-f]', '', self.etag)[:12]}"
 
     def event(self, occurred: datetime) -> Event:
@@ -109,9 +110,9 @@ class InboxFile:
             id=self.event_id,
             occurred=occurred,
             event=PROMPTS_UPLOADED,
-            resource={"prefect.resource.id": f"flashgen.inbox.{self.bucket}/{self.key}",
-                      "prefect.resource.name": PurePosixPath(self.key).name},
-            payload={"uri": self.uri, "bucket": self.bucket, "key": self.key,
+            resource={"prefect.resource.id": f"flashgen.inbox.{self.bucket}/{self.s3_key}",
+                      "prefect.resource.name": PurePosixPath(self.s3_key).name},
+            payload={"uri": self.uri, "bucket": self.bucket, "key": self.s3_key,
                      "etag": self.etag, "size": self.size, "batch_id": self.batch_id,
                      "last_modified": self.last_modified.isoformat()},
         )

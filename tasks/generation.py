@@ -79,7 +79,7 @@ def _now() -> datetime:
 
 
 def item_ref(ctx: BatchContext, item: Item) -> ItemRef:
-    return ItemRef(fingerprint=item.key, model=item.model_id, inputs=item.inputs,
+    return ItemRef(fingerprint=item.fingerprint, model=item.model_id, inputs=item.inputs,
                    batch_id=ctx.batch_id)
 
 
@@ -184,10 +184,12 @@ async def store(ctx: BatchContext, item: Item, request_id: str, files: list[Fetc
     for index, file in enumerate(files):
         data = await asyncio.to_thread(Path(file.path).read_bytes)
         # S3 checks the bytes against the SHA-256 taken at fetch time: one hash per image.
-        obj = await asyncio.to_thread(ctx.store.put_image, item.key, data, file.content_type,
-                                      when=when, index=index, sha256=file.sha256)
+        obj = await asyncio.to_thread(ctx.store.put_image, item.fingerprint, data,
+                                      file.content_type, when=when, index=index,
+                                      sha256=file.sha256)
         record = ImageRecord(
-            key=item.key, model=item.model_id, inputs=item.inputs, request_id=request_id,
+            fingerprint=item.fingerprint, model=item.model_id, inputs=item.inputs,
+            request_id=request_id,
             image_uri=obj.uri, content_type=file.content_type, size=obj.size, sha256=obj.sha256,
             width=file.width, height=file.height, output_index=index,
             source_host=file.source_host, timings=timings.model_copy(update={"stored_at": _now()}),

@@ -67,12 +67,13 @@ def write_batch(store: Store, batch_id: str, when: datetime, *, seed0: int = 100
     images: dict[str, bytes] = {}
     for line, prompt, ratio, size, colours in _IMAGES:
         data = png(size, *colours)
-        key = f"{batch_id}-k{line}"
-        obj = store.put_image(key, data, "image/png", when=when)
+        fingerprint = f"{batch_id}-k{line}"
+        obj = store.put_image(fingerprint, data, "image/png", when=when)
         inputs = {"prompt": prompt, "negative_prompt": "blurry", "aspect_ratio": ratio,
                   "duration": 5, "prompt_extend": line % 2 == 1, "seed": seed0 + line}
         record = ImageRecord(
-            key=key, model=DEFAULT_MODEL, inputs=inputs, request_id=f"req-{batch_id}-{line}",
+            fingerprint=fingerprint, model=DEFAULT_MODEL, inputs=inputs,
+            request_id=f"req-{batch_id}-{line}",
             image_uri=obj.uri, content_type="image/png", size=obj.size, sha256=obj.sha256,
             width=size[0], height=size[1],
             timings=Timings(submitted_at=when, started_at=when + timedelta(seconds=1),
@@ -84,11 +85,12 @@ def write_batch(store: Store, batch_id: str, when: datetime, *, seed0: int = 100
         images[obj.uri] = data
         state = ItemState.SKIPPED if line == 2 else ItemState.STORED
         rows.append(ManifestRow(
-            line=line, key=key, prompt=prompt, seed=inputs["seed"], aspect_ratio=ratio,
+            line=line, fingerprint=fingerprint, prompt=prompt, seed=inputs["seed"],
+            aspect_ratio=ratio,
             state=state, reason="already stored by an earlier run" if line == 2 else None,
             request_id=record.request_id, image_uris=[obj.uri], metadata_uri=record_uri,
             seconds=4.2))
-    rows.append(ManifestRow(line=4, key=f"{batch_id}-k4", prompt="A castle made of glass",
+    rows.append(ManifestRow(line=4, fingerprint=f"{batch_id}-k4", prompt="A castle made of glass",
                             seed=seed0 + 4, aspect_ratio="1440:810 (16:9)",
                             state=ItemState.FAILED, reason=FAILED_REASON,
                             request_id=f"req-{batch_id}-4", seconds=9.0))

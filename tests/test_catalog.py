@@ -25,9 +25,9 @@ def _download(store: Store, sub_prefix: str, into: Path) -> Path:
     """Copy everything under ``<prefix>/<sub_prefix>`` into ``into``, keeping the paths."""
     below = store.layout.below()
     for listed in store.list_keys(sub_prefix):
-        target = into / listed.key.removeprefix(below)
+        target = into / listed.s3_key.removeprefix(below)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(store.read_bytes(listed.key))
+        target.write_bytes(store.read_bytes(listed.s3_key))
     return into / sub_prefix
 
 

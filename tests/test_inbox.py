@@ -159,7 +159,7 @@ async def test_files_older_than_the_lookback_window_are_not_looked_at_again(stor
     upload(store, "old.csv")
     await watcher.poll()
     # Lose the old file's marker: a sensor that still looked at it would announce it again.
-    seen = [o.key for o in store.list_keys("state/inbox/seen/")]
+    seen = [o.s3_key for o in store.list_keys("state/inbox/seen/")]
     store.s3.delete_object(Bucket=BUCKET, Key=seen[0])
     await asyncio.sleep(1.1)  # S3 LastModified has one-second resolution
     upload(store, "new.csv")

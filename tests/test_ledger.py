@@ -35,7 +35,7 @@ def ledger(store, tmp_path):
 
 
 def _put(store, state: LedgerState, **fields) -> None:
-    store.write_ledger(LedgerEntry(key=ITEM.fingerprint, model="m", inputs={}, state=state,
+    store.write_ledger(LedgerEntry(fingerprint=ITEM.fingerprint, model="m", inputs={}, state=state,
                                    **fields))
 
 
@@ -179,5 +179,15 @@ def test_entries_filter_by_state_and_batch(ledger, store):
     other = ITEM.model_copy(update={"fingerprint": "e" * 64, "batch_id": "c"})
     ledger.decide(other)
     ledger.record_submitted(other, "r2", attempts=1)
-    assert [e.key for e in ledger.entries(state=LedgerState.AMBIGUOUS)] == [ITEM.fingerprint]
-    assert [e.key for e in ledger.entries(batch_id="c")] == [other.fingerprint]
+    ambiguous = ledger.entries(state=LedgerState.AMBIGUOUS)
+    assert [e.fingerprint for e in ambiguous] == [ITEM.fingerprint]
+    assert [e.fingerprint for e in ledger.entries(batch_id="c")] == [other.fingerprint]
+
+
+def test_entries_written_before_the_rename_still_read(store):
+    """Ledger entries from before 0.2 call the fingerprint ``key``."""
+    store.put_json(store.layout.ledger(ITEM.fingerprint), {
+        "key": ITEM.fingerprint, "model": "m", "inputs": {}, "state": "claimed",
+        "owner": REMOTE, "lease_until": NOW - 1})
+    entry, _ = store.read_ledger(ITEM.fingerprint)
+    assert entry.fingerprint == ITEM.fingerprint and entry.state == LedgerState.CLAIMED

@@ -90,9 +90,9 @@ def test_duplicates_are_sent_once_and_reported():
     plan = plan_batch(rows_from_prompts(["same", "other", "same"]))
     items = list(plan.iter_items())
     assert [i.line for i in items] == [1, 2]
-    assert [(d.line, d.first_line, d.key, d.prompt) for d in plan.duplicates] == [
-        (3, 1, items[0].key, "same")]
-    assert items[0].key == fingerprint(DEFAULT_MODEL, items[0].inputs)
+    assert [(d.line, d.first_line, d.fingerprint, d.prompt) for d in plan.duplicates] == [
+        (3, 1, items[0].fingerprint, "same")]
+    assert items[0].fingerprint == fingerprint(DEFAULT_MODEL, items[0].inputs)
 
 
 def test_long_prompts_warn_but_are_sent():

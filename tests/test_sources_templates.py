@@ -25,7 +25,7 @@ def test_a_sweep_is_one_item_per_combination_each_once():
     got = [(i.inputs["prompt"], i.inputs["seed"]) for i in items]
     assert got == [(f"a {a} in {s}", seed) for a in ("fox", "owl")
                    for s in ("ink", "oil", "chalk") for seed in (1, 2)]
-    assert len({i.key for i in items}) == 12
+    assert len({i.fingerprint for i in items}) == 12
     assert all("vars" not in i.inputs and "seeds" not in i.inputs for i in items)
 
 

@@ -35,7 +35,7 @@ def _b64_sha256(data: bytes) -> str:
 
 def _entry(key: str = "abc123", owner: str = "run-a",
            state: LedgerState = LedgerState.CLAIMED, **fields) -> LedgerEntry:
-    return LedgerEntry(key=key, model="wan-ai/wan-2-2/flash/text-to-image",
+    return LedgerEntry(fingerprint=key, model="wan-ai/wan-2-2/flash/text-to-image",
                        inputs={"prompt": "a red fox"}, state=state, owner=owner, **fields)
 
 
@@ -98,7 +98,7 @@ def test_layout_date_is_the_utc_date_of_when():
 def test_layout_refuses_keys_that_are_not_one_safe_segment(bad):
     with pytest.raises(InputError) as caught:
         Layout("fg").ledger(bad)
-    assert caught.value.field == "key"
+    assert caught.value.field == "fingerprint"
     with pytest.raises(InputError) as caught:
         Layout("fg").manifest(bad)
     assert caught.value.field == "batch_id"
@@ -166,24 +166,24 @@ def test_ensure_bucket_creates_outside_us_east_1_and_is_idempotent(s3):
 def test_put_image_stores_the_exact_bytes_with_type_checksum_and_metadata(store, s3):
     obj = store.put_image("abc123", PNG, "image/png", when=WHEN, metadata={"batch": "b1"})
 
-    assert obj.key == "fg/images/2025/01/02/abc123.png"
+    assert obj.s3_key == "fg/images/2025/01/02/abc123.png"
     assert obj.uri == "s3://flashgen-test/fg/images/2025/01/02/abc123.png"
     assert (obj.size, obj.sha256, obj.content_type) == (
         len(PNG), hashlib.sha256(PNG).hexdigest(), "image/png")
-    got = s3.get_object(Bucket="flashgen-test", Key=obj.key, ChecksumMode="ENABLED")
+    got = s3.get_object(Bucket="flashgen-test", Key=obj.s3_key, ChecksumMode="ENABLED")
     body = got["Body"].read()
     assert body == PNG
     assert got["ContentType"] == "image/png"
     assert got["ChecksumSHA256"] == _b64_sha256(body)
     assert got["Metadata"] == {"sha256": hashlib.sha256(body).hexdigest(), "batch": "b1"}
     assert store.read_bytes(obj.uri) == PNG
-    assert store.read_bytes(obj.key) == PNG
+    assert store.read_bytes(obj.s3_key) == PNG
 
 
 def test_further_outputs_get_their_index_and_extension(store):
     first = store.put_image("abc123", PNG, "image/png", when=WHEN)
     second = store.put_image("abc123", b"jpeg bytes", "image/jpeg", when=WHEN, index=1)
-    assert second.key == "fg/images/2025/01/02/abc123-1.jpg"
+    assert second.s3_key == "fg/images/2025/01/02/abc123-1.jpg"
     assert store.read_bytes(first.uri) == PNG
     assert store.read_bytes(second.uri) == b"jpeg bytes"
 
@@ -205,7 +205,7 @@ def test_bytes_that_do_not_match_their_checksum_never_pass_unnoticed(store, s3):
 
 def test_put_record_stores_the_record_as_json_under_its_date(store, s3):
     record = ImageRecord(
-        key="abc123", model="wan-ai/wan-2-2/flash/text-to-image",
+        fingerprint="abc123", model="wan-ai/wan-2-2/flash/text-to-image",
         inputs={"prompt": "a red fox", "seed": 7}, request_id="req-1",
         image_uri="s3://flashgen-test/fg/images/2025/01/02/abc123-1.png",
         content_type="image/png", size=len(PNG), sha256=hashlib.sha256(PNG).hexdigest(),
@@ -224,9 +224,10 @@ def test_every_write_carries_the_configured_encryption(s3, sse, kms):
     store = Store("flashgen-sse", "fg", sse=sse, kms_key_id=kms, region="us-east-1")
     store.ensure_bucket()
     image = store.put_image("abc123", PNG, "image/png", when=WHEN)
-    record = ImageRecord(key="abc123", model="m", inputs={}, request_id="r", image_uri=image.uri,
-                         content_type="image/png", size=image.size, sha256=image.sha256)
-    written = [image.key, parse_s3_uri(store.put_record(record, when=WHEN))[1],
+    record = ImageRecord(fingerprint="abc123", model="m", inputs={}, request_id="r",
+                         image_uri=image.uri, content_type="image/png", size=image.size,
+                         sha256=image.sha256)
+    written = [image.s3_key, parse_s3_uri(store.put_record(record, when=WHEN))[1],
                parse_s3_uri(store.put_manifest("b1", []))[1]]
     assert store.claim(_entry())
     written.append(store.layout.ledger("abc123"))
@@ -342,11 +343,11 @@ def test_put_json_if_none_match_writes_once(store):
 
 def test_manifest_round_trips_row_for_row(store, s3):
     rows = [
-        ManifestRow(line=1, key="k1", prompt="a fox\nin snow, “quoted”", seed=1,
+        ManifestRow(line=1, fingerprint="k1", prompt="a fox\nin snow, “quoted”", seed=1,
                     state=ItemState.STORED, request_id="r1", image_uris=["s3://b/i.png"],
                     metadata_uri="s3://b/m.json", seconds=3.5),
         ManifestRow(line=2, prompt="", state=ItemState.INVALID, reason="prompt: empty"),
-        ManifestRow(line=3, key="k1", state=ItemState.SKIPPED, reason="already stored"),
+        ManifestRow(line=3, fingerprint="k1", state=ItemState.SKIPPED, reason="already stored"),
     ]
     uri = store.put_manifest("batch-7", rows)
 
@@ -373,9 +374,9 @@ def test_list_keys_pages_through_everything_and_resumes_after_a_key(store):
     store.put_json(store.layout.ledger("abc"), {})
 
     listed = list(store.list_keys("inbox/", page_size=2))
-    assert [o.key for o in listed] == names
+    assert [o.s3_key for o in listed] == names
     assert all(o.etag and o.size > 0 and o.last_modified.tzinfo for o in listed)
-    assert [o.key for o in store.list_keys("inbox/", start_after=names[2], page_size=2)] == (
+    assert [o.s3_key for o in store.list_keys("inbox/", start_after=names[2], page_size=2)] == (
         names[3:])
     assert len(list(store.list_keys(page_size=3))) == 9
 

@@ -32,11 +32,16 @@ def test_the_virtual_clock_ignores_real_time() -> None:
 
 
 def test_env_variable_turns_testing_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(timing, "_testing_override", None)
-    monkeypatch.setenv("FLASHGEN_TESTING", "1")
-    assert timing.is_testing()
-    monkeypatch.setenv("FLASHGEN_TESTING", "0")
-    assert not timing.is_testing()
+    # Restored by hand, not by monkeypatch: its undo runs after the autouse fixture's
+    # restore and would leave test mode on for every later test in the session.
+    saved, timing._testing_override = timing._testing_override, None
+    try:
+        monkeypatch.setenv("FLASHGEN_TESTING", "1")
+        assert timing.is_testing()
+        monkeypatch.setenv("FLASHGEN_TESTING", "0")
+        assert not timing.is_testing()
+    finally:
+        timing._testing_override = saved
 
 
 @given(attempt=st.integers(1, 20), jitter=st.floats(0, 1))

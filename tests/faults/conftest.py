@@ -81,7 +81,7 @@ class FaultStack:
             if row.state in (ItemState.FAILED, ItemState.INVALID):
                 assert row.reason, row
             if row.state == ItemState.FAILED and "mbiguous" in (row.reason or ""):
-                assert sent.get(row.key), f"line {row.line} is ambiguous but was never sent"
+                assert sent.get(row.fingerprint), f"line {row.line} is ambiguous but was never sent"
         for key in self.keys("metadata/"):
             record = ImageRecord.model_validate_json(self.read(key))
             data = self.read(record.image_uri.split("/", 3)[3])

@@ -59,7 +59,7 @@ def test_broken_downloads_are_fetched_again_never_stored(fault_stack):
         if row.state == ItemState.FAILED:  # retries spent: honest, and still paid-for
             assert "does not decode" in row.reason
             entry = LedgerEntry.model_validate_json(
-                fault_stack.read(f"{fault_stack.prefix}/ledger/{row.key}.json"))
+                fault_stack.read(f"{fault_stack.prefix}/ledger/{row.fingerprint}.json"))
             assert entry.state == LedgerState.SUBMITTED and entry.request_id
     assert first.returncode == (0 if counts == {"stored": 8} else 1)
     # Once the files arrive whole, a rerun stores the rest without paying again.

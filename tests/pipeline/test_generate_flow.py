@@ -40,7 +40,7 @@ async def test_batch_lands_images_records_and_manifest(pipeline, emulator):
         assert hashlib.sha256(data).hexdigest() == record.sha256
         assert record.size == len(data) and data[:8] == b"\x89PNG\r\n\x1a\n"
         assert (record.width, record.height) in {(1440, 810), (810, 1440)}
-        assert record.key == fingerprint(DEFAULT_MODEL, record.inputs)
+        assert record.fingerprint == fingerprint(DEFAULT_MODEL, record.inputs)
         assert record.batch_id == "b1" and record.flow_run_id and record.request_id
         assert record.timings.submitted_at and record.timings.stored_at and record.polls >= 1
     manifest = pipeline.read_manifest("b1")
@@ -82,7 +82,7 @@ async def test_known_request_id_is_resumed_not_resubmitted(pipeline, emulator):
     answer = httpx.post(f"{emulator.url}/v1/models/{DEFAULT_MODEL}", json=inputs,
                         headers={"Authorization": f"Bearer {TOKEN}"}).json()
     key = fingerprint(DEFAULT_MODEL, inputs)
-    pipeline.write_ledger(LedgerEntry(key=key, model=DEFAULT_MODEL, inputs=inputs,
+    pipeline.write_ledger(LedgerEntry(fingerprint=key, model=DEFAULT_MODEL, inputs=inputs,
                                       state=LedgerState.SUBMITTED, owner="dead-run",
                                       request_id=answer["request_id"], attempts=1))
     state, summary = await _run(prompts=PROMPTS[:1])
@@ -97,7 +97,7 @@ async def test_ambiguous_submission_is_recorded_and_not_resent(pipeline, emulato
     state, summary = await _run(prompts=PROMPTS[:1])
     assert state.is_failed() and summary.failed == 1
     assert "Ambiguous" in summary.rows[0].reason
-    entry, _ = pipeline.read_ledger(summary.rows[0].key)
+    entry, _ = pipeline.read_ledger(summary.rows[0].fingerprint)
     assert entry.state == LedgerState.AMBIGUOUS
     state, summary = await _run(prompts=PROMPTS[:1])  # a rerun leaves it alone
     assert state.is_failed() and "ambiguous" in summary.rows[0].reason
@@ -152,7 +152,7 @@ async def test_failed_jobs_fail_the_batch_after_storing_nothing_twice(pipeline, 
     state, summary = await _run(prompts=PROMPTS)
     assert state.is_failed() and summary.failed == 3
     assert all(row.state == ItemState.FAILED for row in summary.rows)
-    entry, _ = pipeline.read_ledger(summary.rows[0].key)
+    entry, _ = pipeline.read_ledger(summary.rows[0].fingerprint)
     assert entry.state == LedgerState.FAILED and entry.request_id
     emulator.set_faults([])
     state, summary = await _run(prompts=PROMPTS)  # a failed job produced nothing: try again
@@ -189,7 +189,7 @@ async def test_transient_faults_are_retried_without_paying_twice(pipeline, emula
 async def test_unsent_submit_releases_its_claim_for_a_later_run(pipeline, emulator):
     state, summary = await _run(prompts=PROMPTS[:1])
     assert state.is_failed() and "RateLimited" in summary.rows[0].reason
-    entry, _ = pipeline.read_ledger(summary.rows[0].key)
+    entry, _ = pipeline.read_ledger(summary.rows[0].fingerprint)
     assert entry.state == LedgerState.FAILED and entry.request_id is None
     assert emulator.stats()["submissions"] == 0
     emulator.set_faults([])
