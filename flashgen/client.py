@@ -256,11 +256,11 @@ class RunComfyClient:
                 response = await self._http.post(path, json=body, auth=self._auth)
             except _UNSENT as exc:
                 raise TransientApiError(
-                    f"{what}: could not reach the API ({self._describe(exc)}); nothing was sent"
+                    f"{what}: could not reach the API ({self._error_text(exc)}); nothing was sent"
                 ) from exc
             except Exception as exc:  # the request may have arrived: never resend it
                 raise AmbiguousSubmissionError(
-                    f"{what}: sent, but no answer came back ({self._describe(exc)}); a job may "
+                    f"{what}: sent, but no answer came back ({self._error_text(exc)}); a job may "
                     "exist and is not resubmitted"
                 ) from exc
             return self._submit_answer(response, what)
@@ -463,7 +463,8 @@ class RunComfyClient:
                 response = await self._http.request(method, path, auth=self._auth)
             except Exception as exc:  # safe to repeat, whatever broke on the way
                 raise TransientApiError(
-                    f"{what}: no answer from the API ({self._describe(exc)})", request_id=request_id
+                    f"{what}: no answer from the API ({self._error_text(exc)})",
+                    request_id=request_id
                 ) from exc
             if not (response.is_success or response.status_code in refusals):
                 raise self._api_error(response, what=what, request_id=request_id)
@@ -565,7 +566,7 @@ class RunComfyClient:
             raise
         except Exception as exc:  # a GET: safe to try again
             raise DownloadError(
-                f"{what}: {self._describe(exc)}", request_id=request_id, transient=True
+                f"{what}: {self._error_text(exc)}", request_id=request_id, transient=True
             ) from exc
         return Download(uri=uri, content=b"".join(chunks), content_type=content_type, size=size)
 
@@ -596,7 +597,7 @@ class RunComfyClient:
             return [self._scrub_any(v) for v in value]
         return value
 
-    def _describe(self, exc: BaseException) -> str:
+    def _error_text(self, exc: BaseException) -> str:
         text = _clip(self._scrub(str(exc)))
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -153,7 +153,7 @@ class WanFlashInput(BaseModel):
 KNOWN_MODELS: dict[str, type[BaseModel]] = {DEFAULT_MODEL: WanFlashInput}
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _validation_message(error: dict[str, Any]) -> str:
     field = ".".join(str(p) for p in error["loc"]) or "input"
     ctx = error.get("ctx") or {}
     if error["type"] == "literal_error" and "expected" in ctx:
@@ -190,7 +190,7 @@ def validate_inputs(model_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         allowed = ", ".join(schema.model_fields)
         errors = exc.errors()
-        reasons = [_describe(e).replace("{allowed}", allowed) for e in errors]
+        reasons = [_validation_message(e).replace("{allowed}", allowed) for e in errors]
         first = ".".join(str(p) for p in errors[0]["loc"]) or None
         raise InputError("; ".join(reasons), field=first) from None
 

@@ -134,7 +134,7 @@ async def generate_images(
             max_items=max_items, max_cost=max_cost)
         return _final(await run_batch(options))
     except (InputError, AuthenticationError) as exc:
-        return _refused(exc)
+        return _refused(exc, batch_id)
 
 
 @flow(name="generate-image", flow_run_name=_run_name, log_prints=True)
@@ -160,12 +160,20 @@ async def generate_image(
                                      concurrency=1, force=force, strict=True)
         return _final(await run_batch(options, rows=[Row(line=1, fields=fields)]))
     except (InputError, AuthenticationError) as exc:
-        return _refused(exc)
+        return _refused(exc, None)
 
 
-def _refused(exc: Exception) -> State:
-    """Input (or a token) refused before anything was paid: one clear line, no traceback."""
+def _refused(exc: Exception, batch_id: str | None) -> State:
+    """Input (or a token) refused before anything was paid: one clear line, no traceback,
+    and the batch's ``flashgen.batch.failed`` event, so its alert and listeners hear of it."""
     get_run_logger().error("nothing sent: %s", exc)
+    if getattr(exc, "field", None) == "batch_id" or not batch_id:
+        batch_id = _default_batch_id()
+    flow_run_id = runtime_flow_run.get_id()
+    emit_batch_event(BatchSummary(
+        batch_id=batch_id, refused=str(exc), failures=[f"nothing sent: {exc}"],
+        flow_run_id=flow_run_id, deployment=runtime_deployment.name,
+        flow_run_url=url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None))
     return Failed(message=f"nothing sent: {exc}", data=exc)
 
 

@@ -31,6 +31,7 @@ class BatchSummary(BaseModel):
     rows: list[ManifestRow] = []  # one per input in line order (the first 1,000 of a batch)
     plan: RunPlan | None = None  # what the run set out to do, before it paid
     dry_run: bool = False  # planned only: nothing was sent
+    refused: str | None = None  # why the run stopped before sending anything (bad input)
     gallery_url: str | None = None  # presigned link to the batch's HTML gallery
     catalog_uri: str | None = None  # the batch's Parquet file in the catalog
 
@@ -40,9 +41,13 @@ class BatchSummary(BaseModel):
 
     @property
     def ok(self) -> bool:
+        if self.refused:
+            return False
         return (self.failed + self.invalid) == 0 or self.failure_ratio <= self.max_failure_ratio
 
     def describe(self) -> str:
+        if self.refused:
+            return f"batch {self.batch_id}: nothing sent: {self.refused}"
         if self.dry_run and self.plan:
             return (f"batch {self.batch_id} (dry run, nothing sent): {self.plan.to_send} new "
                     f"paid submission(s) of {self.plan.items} item(s)")

@@ -36,11 +36,11 @@ async def publish_view_artifacts(
     by_image = {uri: row for row in rows for uri in row.image_uris}
     for number, preview in enumerate(views.previews, start=1):
         await acreate_image_artifact(
-            image_url=preview.url, key=artifact_key(f"gallery-image-{number}", views.batch_id),
-            description=_describe(preview, by_image.get(preview.image_uri), records or {}))
+            image_url=preview.url, key=artifact_key("gallery", f"{views.batch_id}-image-{number}"),
+            description=_preview_caption(preview, by_image.get(preview.image_uri), records or {}))
 
 
-def _describe(preview: PreviewImage, row: ManifestRow | None,
+def _preview_caption(preview: PreviewImage, row: ManifestRow | None,
               records: Mapping[str, ImageRecord]) -> str:
     record = records.get(row.metadata_uri) if row and row.metadata_uri else None
     facts = [f"line {preview.line}"]

@@ -107,7 +107,7 @@ class ProvisionConfig(BaseModel):
         return cls(**{**base, **{k: v for k, v in given.items() if v is not None}})
 
 
-class Action(StrEnum):
+class Outcome(StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     UNCHANGED = "unchanged"
@@ -116,7 +116,7 @@ class Action(StrEnum):
 
 @dataclass(frozen=True)
 class Change:
-    action: Action
+    action: Outcome
     kind: str
     name: str
     detail: str = ""
@@ -136,7 +136,7 @@ async def provision(config: ProvisionConfig, *, s3: Any = None) -> list[Change]:
     if config.bucket:
         changes += configure_bucket(config, s3 or make_client(endpoint_url=config.endpoint_url))
     else:
-        changes.append(Change(Action.SKIPPED, "bucket", "-", "no bucket given (FLASHGEN_BUCKET)"))
+        changes.append(Change(Outcome.SKIPPED, "bucket", "-", "no bucket given (FLASHGEN_BUCKET)"))
     async with get_client() as client:
         changes.append(await ensure_limit(client, config.concurrency_limit,
                                           limit=config.api_concurrency))
@@ -178,20 +178,20 @@ def configure_bucket(config: ProvisionConfig, s3: Any) -> list[Change]:
 def _ensure_bucket(bucket: str, s3: Any) -> Change:
     try:
         s3.head_bucket(Bucket=bucket)
-        return Change(Action.UNCHANGED, "bucket", bucket)
+        return Change(Outcome.UNCHANGED, "bucket", bucket)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
             raise
     Store(bucket, s3=s3).ensure_bucket()
-    return Change(Action.CREATED, "bucket", bucket)
+    return Change(Outcome.CREATED, "bucket", bucket)
 
 
 def _ensure_versioning(bucket: str, s3: Any) -> Change:
     status = s3.get_bucket_versioning(Bucket=bucket).get("Status")
     if status == "Enabled":
-        return Change(Action.UNCHANGED, "bucket versioning", bucket, "Enabled")
+        return Change(Outcome.UNCHANGED, "bucket versioning", bucket, "Enabled")
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    return Change(Action.UPDATED, "bucket versioning", bucket, f"{status or 'off'} → Enabled")
+    return Change(Outcome.UPDATED, "bucket versioning", bucket, f"{status or 'off'} → Enabled")
 
 
 def _ensure_encryption(bucket: str, s3: Any, sse: str, kms_key_id: str | None) -> Change:
@@ -211,11 +211,11 @@ def _ensure_encryption(bucket: str, s3: Any, sse: str, kms_key_id: str | None) -
     current = rules[0] if rules else {}
     described = sse + (f" ({kms_key_id})" if kms_key_id else "")
     if {k: current.get(k) for k in wanted} == wanted:
-        return Change(Action.UNCHANGED, "bucket encryption", bucket, described)
+        return Change(Outcome.UNCHANGED, "bucket encryption", bucket, described)
     s3.put_bucket_encryption(Bucket=bucket,
                              ServerSideEncryptionConfiguration={"Rules": [wanted]})
     was = current.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm", "none")
-    return Change(Action.UPDATED if rules else Action.CREATED, "bucket encryption", bucket,
+    return Change(Outcome.UPDATED if rules else Outcome.CREATED, "bucket encryption", bucket,
                   f"{was} → {described}" if rules else described)
 
 
@@ -227,9 +227,9 @@ def _ensure_public_access_block(bucket: str, s3: Any) -> Change:
             raise
         current = None
     if current == PUBLIC_ACCESS_BLOCK:
-        return Change(Action.UNCHANGED, "bucket public access block", bucket, "all on")
+        return Change(Outcome.UNCHANGED, "bucket public access block", bucket, "all on")
     s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK)
-    return Change(Action.CREATED if current is None else Action.UPDATED,
+    return Change(Outcome.CREATED if current is None else Outcome.UPDATED,
                   "bucket public access block", bucket, "all on")
 
 
@@ -246,13 +246,13 @@ async def ensure_limit(client: PrefectClient, name: str, *, limit: int,
     except ObjectNotFound:
         await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
             name=name, limit=limit, active=True, slot_decay_per_second=decay))
-        return Change(Action.CREATED, kind, name, described)
+        return Change(Outcome.CREATED, kind, name, described)
     was = (current.limit, bool(current.active), current.slot_decay_per_second or 0.0)
     if was == (limit, True, decay):
-        return Change(Action.UNCHANGED, kind, name, described)
+        return Change(Outcome.UNCHANGED, kind, name, described)
     await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(
         limit=limit, active=True, slot_decay_per_second=decay))
-    return Change(Action.UPDATED, kind, name,
+    return Change(Outcome.UPDATED, kind, name,
                   f"limit {was[0]} → {described}" + ("" if was[1] else ", activated"))
 
 
@@ -263,11 +263,11 @@ async def ensure_work_pool(client: PrefectClient, name: str) -> Change:
         await client.create_work_pool(WorkPoolCreate(
             name=name, type="process",
             base_job_template=ProcessWorker.get_default_base_job_template()))
-        return Change(Action.CREATED, "work pool", name, "type process")
+        return Change(Outcome.CREATED, "work pool", name, "type process")
     if pool.type != "process":
         raise ProvisionError(f"work pool {name} exists with type {pool.type!r}; flashgen's "
                              "deployments need a process pool: delete it or pick another name")
-    return Change(Action.UNCHANGED, "work pool", name, "type process")
+    return Change(Outcome.UNCHANGED, "work pool", name, "type process")
 
 
 async def ensure_block(block: Block, name: str) -> Change:
@@ -281,11 +281,11 @@ async def ensure_block(block: Block, name: str) -> Change:
         current = await type(block).aload(name)
     except ValueError:  # no block of that name
         await block.asave(name)
-        return Change(Action.CREATED, kind, name)
+        return Change(Outcome.CREATED, kind, name)
     if _revealed(current) == _revealed(block):
-        return Change(Action.UNCHANGED, kind, name)
+        return Change(Outcome.UNCHANGED, kind, name)
     await block.asave(name, overwrite=True)
-    return Change(Action.UPDATED, kind, name)
+    return Change(Outcome.UPDATED, kind, name)
 
 
 def _revealed(block: Block) -> dict[str, Any]:
@@ -352,20 +352,20 @@ async def ensure_automation(client: PrefectClient, wanted: AutomationCore) -> Ch
     One with no action (an alert before any alert block exists) is not made.
     """
     if not wanted.actions:
-        return Change(Action.SKIPPED, "automation", wanted.name,
+        return Change(Outcome.SKIPPED, "automation", wanted.name,
                       "no alert block yet: give --slack-webhook or --webhook-url")
     found = await client.read_automations_by_name(wanted.name)
     if not found:
         await client.create_automation(wanted)
-        return Change(Action.CREATED, "automation", wanted.name, _describe(wanted))
+        return Change(Outcome.CREATED, "automation", wanted.name, _automation_summary(wanted))
     first, *extra = sorted(found, key=lambda a: str(a.id))
     for duplicate in extra:
         await client.delete_automation(duplicate.id)
     if _shape(first) == _shape(wanted) and not extra:
-        return Change(Action.UNCHANGED, "automation", wanted.name, _describe(wanted))
+        return Change(Outcome.UNCHANGED, "automation", wanted.name, _automation_summary(wanted))
     await client.update_automation(first.id, wanted)
     removed = f" (removed {len(extra)} duplicate(s))" if extra else ""
-    return Change(Action.UPDATED, "automation", wanted.name, _describe(wanted) + removed)
+    return Change(Outcome.UPDATED, "automation", wanted.name, _automation_summary(wanted) + removed)
 
 
 def _shape(automation: AutomationCore) -> dict[str, Any]:
@@ -375,7 +375,7 @@ def _shape(automation: AutomationCore) -> dict[str, Any]:
     return core.model_dump(exclude={"owner_resource"})
 
 
-def _describe(automation: AutomationCore) -> str:
+def _automation_summary(automation: AutomationCore) -> str:
     trigger = automation.trigger
     events = ", ".join(sorted(getattr(trigger, "expect", None) or []))
     if getattr(trigger, "posture", None) == "Proactive":

@@ -30,7 +30,7 @@ from infra.iam import least_privilege_policy
 from infra.provision import (
     SLACK_BLOCK,
     WEBHOOK_BLOCK,
-    Action,
+    Outcome,
     ProvisionConfig,
     build_automation,
     load_automation_specs,
@@ -52,13 +52,13 @@ def config(**overrides) -> ProvisionConfig:
 async def test_provision_twice_changes_nothing_the_second_time(prefect_server, s3):
     wanted = config()
     first = await provision(wanted, s3=s3)
-    assert {c.action for c in first} <= {Action.CREATED, Action.UPDATED}, first
+    assert {c.action for c in first} <= {Outcome.CREATED, Outcome.UPDATED}, first
     kinds = {c.kind for c in first}
     assert {"bucket", "bucket versioning", "bucket encryption", "bucket public access block",
             "concurrency limit", "rate limit", "work pool", "automation"} <= kinds
 
     second = await provision(wanted, s3=s3)
-    assert [c.action for c in second] == [Action.UNCHANGED] * len(first), second
+    assert [c.action for c in second] == [Outcome.UNCHANGED] * len(first), second
     assert all(TOKEN not in str(c) and SLACK not in str(c) for c in first + second)
 
     bucket = wanted.bucket
@@ -88,7 +88,7 @@ async def test_a_kms_bucket_is_configured_once(prefect_server, s3):
     first = {c.kind: c for c in await provision(wanted, s3=s3)}
     assert first["bucket encryption"].detail == "aws:kms (alias/flashgen)"
     second = {c.kind: c for c in await provision(wanted, s3=s3)}
-    assert second["bucket encryption"].action == Action.UNCHANGED
+    assert second["bucket encryption"].action == Outcome.UNCHANGED
     rule = s3.get_bucket_encryption(Bucket=wanted.bucket)[
         "ServerSideEncryptionConfiguration"]["Rules"][0]
     assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms",
@@ -102,7 +102,7 @@ async def test_provision_updates_only_what_differs(prefect_server, s3):
     s3.put_bucket_versioning(Bucket=wanted.bucket, VersioningConfiguration={"Status": "Suspended"})
     changed = await provision(wanted.model_copy(update={"api_concurrency": 5,
                                                         "token": SecretStr("tok-2")}), s3=s3)
-    updated = {(c.kind, c.name) for c in changed if c.action == Action.UPDATED}
+    updated = {(c.kind, c.name) for c in changed if c.action == Outcome.UPDATED}
     assert updated == {("bucket versioning", wanted.bucket),
                        ("concurrency limit", wanted.concurrency_limit),
                        ("Secret block", "runcomfy-api-token")}
@@ -120,7 +120,7 @@ async def test_without_alert_blocks_alerts_are_skipped_not_half_made(prefect_ser
     async with get_client() as client:
         change = await ensure_automation(
             client, build_automation(specs["flashgen-batch-failed"], [], {}))
-    assert change.action == Action.SKIPPED and "--webhook-url" in change.detail
+    assert change.action == Outcome.SKIPPED and "--webhook-url" in change.detail
 
 
 # --- definitions --------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def test_the_iam_policy_in_the_production_notes_is_the_generated_one():
 
 def test_the_iam_policy_allows_no_delete_and_no_bucket_admin():
     policy = least_privilege_policy("images-prod", "flashgen")
-    actions = {a for s in policy["Statement"] for a in s["Action"]}
+    actions = {a for s in policy["Statement"] for a in s["Outcome"]}
     assert not any("Delete" in a or "PutBucket" in a or a.endswith("*") for a in actions)
     assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions
     resources = {r for s in policy["Statement"] for r in s["Resource"]}

@@ -50,14 +50,14 @@ def test_sigkill_at_a_step_boundary_then_a_rerun(fault_stack, point):
     assert killed.returncode == -9, killed.stderr[-2000:]
     rerun = fault_stack.batch(source, "--batch-id", "crash", "--concurrency", "2",
                               FLASHGEN_SEND_LEASE="3600")
-    counts = fault_stack.check("crash", inputs=6)
-    if point == "sending":  # the POST reached the API and its answer died with the process
-        assert counts.get("failed") == 1 and rerun.returncode == 1
-        assert counts.get("stored", 0) + counts.get("skipped", 0) == 5
-    else:
-        assert rerun.returncode == 0, rerun.stderr[-2000:]
-        assert counts.get("stored", 0) + counts.get("skipped", 0) == 6
-    assert fault_stack.api.stats()["submissions"] == 6
+    counts = fault_stack.check("crash", inputs=6)  # "ambiguous" only if its POST arrived
+    # The killed run had two workers: beside the job at POINT, another job's POST may have
+    # been on the wire, and that one is honestly ambiguous. At 'sending' one always is.
+    ambiguous = counts.get("failed", 0)
+    assert ambiguous <= 2 and (ambiguous >= 1 if point == "sending" else True), counts
+    assert counts.get("stored", 0) + counts.get("skipped", 0) + ambiguous == 6
+    assert rerun.returncode == (1 if ambiguous else 0), rerun.stderr[-2000:]
+    assert fault_stack.api.stats()["submissions"] == 6  # each item sent once, never again
 
 
 def test_two_runs_of_one_batch_pay_once(fault_stack):

@@ -393,7 +393,10 @@ def test_two_runs_at_once_stay_within_the_api_limit_and_submit_nothing_twice(sta
     limit = stack.get("/v2/concurrency_limits/runcomfy-api")
     assert limit["limit"] == API_SLOTS and limit["active_slots"] == 0
     rows = manifest(stack, "it-pair-0") + manifest(stack, "it-pair-1")
-    assert sorted(r["prompt"] for r in rows if r["state"] == "stored") == sorted(prompts)
+    # An item both runs wanted is stored once; the second run skips it, or resumes the first
+    # run's request (never a second submit) and reports it stored too.
+    done = {r["prompt"] for r in rows if r["state"] in ("stored", "skipped")}
+    assert done == set(prompts) and all(r["state"] in ("stored", "skipped") for r in rows)
     print(f"\nemulator: max_in_flight={after['max_in_flight']} (limit {API_SLOTS}), "
           f"submissions={after['submissions']}, duplicates={after['duplicate_submissions']}")
 
