@@ -39,7 +39,6 @@ import json
 import logging
 import mimetypes
 import re
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -416,28 +415,21 @@ class Store:
         }
         self.put_json(self.layout.manifest_summary(batch_id), summary)
 
-    def delete(self, uri_or_key: str) -> None:
-        """Delete one object (a missing one is fine)."""
-        bucket, key = self._locate(uri_or_key)
-        try:
-            self.s3.delete_object(Bucket=bucket, Key=key)
-        except (ClientError, BotoCoreError) as exc:
-            raise _storage_error("DeleteObject", bucket, key, exc) from exc
-
     def check_writable(self) -> None:
-        """Prove the bucket exists and takes writes under the prefix (a probe put + delete).
+        """Prove the bucket exists and takes writes under the prefix, before anything is paid.
 
-        A missing bucket is an InputError (nothing to retry); other refusals StorageError.
+        It overwrites one small object, ``<prefix>/.flashgen-probe`` (workers may not
+        delete: see infra/iam.py). A missing bucket is an InputError; other refusals
+        StorageError.
         """
-        probe = self.layout.path(".flashgen-probe", uuid.uuid4().hex)
+        stamp = datetime.now(UTC).isoformat().encode()
         try:
-            self._put(probe, b"", "application/octet-stream")
+            self._put(self.layout.path(".flashgen-probe"), stamp, "text/plain")
         except StorageError as exc:
             if "NoSuchBucket" in str(exc):
-                raise InputError(f"bucket: s3://{self.bucket} does not exist", field="bucket") \
-                    from None
+                raise InputError(f"bucket: s3://{self.bucket} does not exist",
+                                 field="bucket") from None
             raise
-        self.delete(probe)
 
     def read_manifest(self, batch_id: str) -> list[ManifestRow]:
         """The rows of ``manifests/<batch_id>.jsonl``, in order."""

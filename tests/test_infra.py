@@ -272,7 +272,7 @@ def test_the_iam_policy_in_the_production_notes_is_the_generated_one():
 
 def test_the_iam_policy_allows_no_delete_and_no_bucket_admin():
     policy = least_privilege_policy("images-prod", "flashgen")
-    actions = {a for s in policy["Statement"] for a in s["Outcome"]}
+    actions = {a for s in policy["Statement"] for a in s["Action"]}
     assert not any("Delete" in a or "PutBucket" in a or a.endswith("*") for a in actions)
     assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions
     resources = {r for s in policy["Statement"] for r in s["Resource"]}

@@ -363,7 +363,9 @@ def test_a_failed_run_is_announced_at_the_webhook_without_the_token(stack):
     assert "Deployment: on-demand" in run_alert["body"]
     assert f"/runs/flow-run/{run_id}" in run_alert["body"]
     batch_alert = next(t for t in texts if t["subject"].startswith("flashgen: batch"))
-    assert "1 failed" in batch_alert["body"] and "First errors:\n- line" in batch_alert["body"]
+    # The token is tried for free before anything is sent: the batch is refused whole.
+    assert "First errors:\n- nothing sent: " in batch_alert["body"]
+    assert "Prefect Secret block" in batch_alert["body"]  # it says where the token came from
     assert f"/runs/flow-run/{run_id}" in batch_alert["body"]
     everything = stack.hook_file.read_text()
     assert bad not in everything and stack.tokens["good"] not in everything
