@@ -41,7 +41,7 @@ def provision_command(
         "(env FLASHGEN_ALERT_WEBHOOK_URL).")] = None,
     token_from_env: Annotated[str, typer.Option(
         help="Environment variable holding the API token to store in the Prefect Secret "
-        "block runcomfy-api-token (never printed).")] = "RUNCOMFY_API_TOKEN",
+        "block named by FLASHGEN_TOKEN_BLOCK (never printed).")] = "RUNCOMFY_API_TOKEN",
 ) -> None:
     """Create or update the bucket, concurrency limits, work pool, alert blocks, token
     secret and automations. Safe to run again: unchanged items are left alone."""
@@ -50,6 +50,7 @@ def provision_command(
     from pydantic import ValidationError
 
     from flashgen.errors import FlashgenError
+    from flashgen.settings import get_settings
     from infra.provision import ProvisionConfig, ProvisionError, provision
 
     api_url = get_current_settings().api.url
@@ -59,8 +60,9 @@ def provision_command(
     token = os.environ.get(token_from_env) or None
     try:
         config = ProvisionConfig.from_settings(
-            bucket=bucket, sse=sse, kms_key_id=kms_key_id, api_concurrency=api_concurrency,
-            concurrency_limit=concurrency_limit, submit_rate=submit_rate,
+            get_settings(), bucket=bucket, sse=sse, kms_key_id=kms_key_id,
+            api_concurrency=api_concurrency, concurrency_limit=concurrency_limit,
+            submit_rate=submit_rate,
             work_pool=work_pool, slack_webhook=slack_webhook, webhook_url=webhook_url,
             token=token)
         if skip_bucket:

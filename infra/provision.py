@@ -1,6 +1,7 @@
 """Provisioning as code: everything flashgen needs outside its own code, made idempotently.
 
-    >>> config = ProvisionConfig.from_settings(webhook_url="https://alerts.example/hook")
+    >>> config = ProvisionConfig.from_settings(get_settings(),
+    ...                                        webhook_url="https://alerts.example/hook")
     >>> for change in asyncio.run(provision(config)):
     ...     print(change)
     created    bucket images-prod
@@ -48,7 +49,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, field_validator
 
-from flashgen.settings import DEFAULT_TOKEN_BLOCK, Settings, get_settings
+from flashgen.settings import DEFAULT_TOKEN_BLOCK, Settings
 from flashgen.storage import SSE_ALGORITHMS, Store, make_client
 from flows.generate import SUBMIT_RATE_LIMIT
 
@@ -94,9 +95,8 @@ class ProvisionConfig(BaseModel):
         return value
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, **given: Any) -> ProvisionConfig:
+    def from_settings(cls, settings: Settings, **given: Any) -> ProvisionConfig:
         """Settings from the environment; every ``given`` value that is not None wins."""
-        settings = settings or get_settings()
         base: dict[str, Any] = {
             "bucket": settings.bucket, "endpoint_url": settings.aws_endpoint_url,
             "sse": settings.s3_sse or "AES256", "kms_key_id": settings.s3_kms_key_id,
