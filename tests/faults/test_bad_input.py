@@ -6,22 +6,14 @@ from __future__ import annotations
 import pytest
 
 from tests.faults.conftest import BUCKET
+from tests.test_sources_defects import BILLION_LAUGHS
 
 pytestmark = pytest.mark.slow
-
-BOMB = """\
-a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
-b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
-c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
-d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
-e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
-prompts: [*e,*e,*e,*e,*e,*e,*e,*e,*e]
-"""
 
 
 def _files(workdir):
     (workdir / "binary.csv").write_bytes(b"prompt\n\x89PNG\r\n\x1a\n\xff\xfe\x00garbage\n")
-    (workdir / "bomb.yaml").write_text(BOMB)
+    (workdir / "bomb.yaml").write_text(BILLION_LAUGHS)
     (workdir / "ok.csv").write_text("prompt\na red fox\n")
 
 
