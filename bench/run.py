@@ -6,7 +6,10 @@ single    1,000 images, concurrency 16, 2 s jobs; beside it ``baseline``, the sc
 shared    two runs of 200 started together, each wanting 4, global limit 4, then limit 3
 late      a 400-image run, and a 4-image run 10 s later, limit 4
 scale     10,000 images, 0.2 s jobs, concurrency 64
---quick runs a tenth of each. Flows run in this process (its CPU is the flow's) against a
+taskruns  4,000 no-op Prefect task runs with flashgen's task options, 16 at a time: what
+          one task run costs the flow process and the server, and the rows it writes
+--quick runs a tenth of each; --only runs some and updates just their figures in
+results.json. Flows run in this process (its CPU is the flow's) against a
 real ``prefect server`` subprocess (its CPU read from /proc), moto's S3 server and the
 emulator in processes of their own. Prefect logs at WARNING, to keep the output readable.
 """
@@ -23,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).with_name("results.json")
+# What a scenario was given, not what it measured.
 SETTINGS = {"images", "images_per_run", "concurrency", "wanted", "limit", "job_s",
-            "big_images", "small_images"}  # what a scenario was given, not what it measured
-SCENARIOS = ("single", "shared", "late", "scale")
+            "big_images", "small_images", "task_runs", "workers"}
+SCENARIOS = ("single", "shared", "late", "scale", "taskruns")
 
 
 def main() -> None:
@@ -50,18 +54,35 @@ def main() -> None:
         "shared_limit3": lambda s: scenarios.shared(s, sizes, limit=3),
         "late": lambda s: scenarios.late(s, sizes),
         "scale": lambda s: scenarios.scale(s, sizes),
+        "taskruns": lambda s: scenarios.task_runs(s, sizes),
     }
     wanted = {"baseline", "single"} if "single" in chosen else set()
     wanted |= {n for n in plan if n.split("_")[0] in chosen}
     results: dict[str, dict[str, Any]] = {}
+    kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     with Services() as services:
         for name, run in plan.items():
             if name in wanted:
                 print(f"running {name} ...", flush=True)
                 results[name] = run(services)
-    RESULTS.write_text(json.dumps({"quick": args.quick, **results}, indent=2, default=str))
+                # Written after each scenario: a later one that breaks loses only itself.
+                RESULTS.write_text(json.dumps(merged(kept, results, quick=args.quick),
+                                              indent=2, default=str))
     print(table(results))
     print(f"figures in {RESULTS}")
+
+
+def merged(kept: dict[str, Any], results: dict[str, Any], *, quick: bool) -> dict[str, Any]:
+    """What results.json holds after a run: a partial run (--only) replaces its scenarios'
+    figures and keeps the others of the same profile, so the file stays the whole picture.
+
+    >>> merged({"quick": False, "late": 1, "scale": 2}, {"late": 3}, quick=False)
+    {'quick': False, 'late': 3, 'scale': 2}
+    >>> merged({"quick": True, "late": 1}, {"scale": 2}, quick=False)
+    {'quick': False, 'scale': 2}
+    """
+    kept = kept if kept.get("quick") == quick else {}
+    return {**kept, "quick": quick, **results}
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -73,7 +94,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             continue
         lines.append(name)
         for key, value in figures.items():
-            line = f"  {key:28} {_fmt(value):>10}"
+            line = f"  {key:34} {_fmt(value):>10}"
             if name == "single" and key in base and key not in SETTINGS:
                 line += f"   baseline {_fmt(base[key]):>10}"
                 if _number(value) and _number(base[key]) and base[key]:

@@ -31,10 +31,12 @@ class Sizes:
     late_big: int = 400
     late_small: int = 4
     scale: int = 10_000
+    task_runs: int = 4000
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(single=100, shared=20, late_big=40, late_small=4, scale=1000)
+        return cls(single=100, shared=20, late_big=40, late_small=4, scale=1000,
+                   task_runs=400)
 
 
 def single(services: Services, sizes: Sizes) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def shared(services: Services, sizes: Sizes, limit: int) -> dict[str, Any]:
         _set_limit(limit)
         runs = (f"shared{limit}-a", f"shared{limit}-b")  # new prompts: nothing is skipped
         began = time.time()
-        wall, _ = _timed(_gather(*(_flow(run, n, wanted) for run in runs)))
+        wall, summaries = _timed(_gather(*(_flow(run, n, wanted) for run in runs)))
         jobs = {j["request_id"]: j for j in api.job_times()}
         firsts = sorted(_first_submit(_records(run), jobs) - began for run in runs)
         stats = api.stats()
@@ -71,6 +73,7 @@ def shared(services: Services, sizes: Sizes, limit: int) -> dict[str, Any]:
             "wall_s": wall, "pair_makespan_over_ideal": wall / _ideal(2 * n, limit, job),
             "slot_utilisation": utilisation(list(jobs.values()), limit),
             "first_submit_s": firsts[0], "second_run_first_submit_s": firsts[1],
+            "failed_items": _failed(*summaries),
             "duplicate_submissions": stats["duplicate_submissions"]}
 
 
@@ -80,19 +83,19 @@ def late(services: Services, sizes: Sizes, delay: float = 10.0) -> dict[str, Any
     with services.emulator(job) as api:
         _set_limit(limit)
 
-        async def both() -> float:
+        async def both() -> tuple[float, list[Any]]:
             big = asyncio.ensure_future(_flow("late-big", sizes.late_big, limit))
             await asyncio.sleep(delay)
             small_began = time.perf_counter()
-            await _flow("late-small", sizes.late_small, limit)
+            small = await _flow("late-small", sizes.late_small, limit)
             small_wall = time.perf_counter() - small_began
-            await big
-            return small_wall
+            return small_wall, [await big, small]
 
-        small_wall = asyncio.run(both())
+        small_wall, summaries = asyncio.run(both())
         stats = api.stats()
     return {"big_images": sizes.late_big, "small_images": sizes.late_small, "limit": limit,
             "job_s": job, "small_run_s": small_wall, "small_run_over_job": small_wall / job,
+            "failed_items": _failed(*summaries),
             "duplicate_submissions": stats["duplicate_submissions"]}
 
 
@@ -107,12 +110,30 @@ def _one_flow(services: Services, run: str, n: int, c: int, job: float, *,
     with services.emulator(job) as api:
         _set_limit(c)
         with ProcessCost(services.prefect) as cost:
-            wall, _ = _timed(_flow(run, n, c))
+            wall, summary = _timed(_flow(run, n, c))
         figures = _job_figures(_records(run), api.job_times()) if job_figures else {}
         stats = api.stats()
     return {"images": n, "concurrency": c, "job_s": job, "wall_s": wall,
             "makespan_over_ideal": wall / _ideal(n, c, job), **figures, **_cost(cost, n),
+            "failed_items": _failed(summary),
             "duplicate_submissions": stats["duplicate_submissions"]}
+
+
+def task_runs(services: Services, sizes: Sizes) -> dict[str, Any]:
+    """What one Prefect task run costs (bench/taskruns.py), beside the four per image."""
+    from bench import taskruns
+
+    n, workers, db = sizes.task_runs, 16, services.prefect.database
+    before = taskruns.row_counts(db)
+    with ProcessCost(services.prefect) as cost:
+        wall, _ = _timed(taskruns.task_runs(n, workers))
+        taskruns.wait_recorded(db, before["task_run"], n)  # the server's share, all of it
+    after = taskruns.row_counts(db)
+    rows = {f"{table}_rows_per_task_run": (after[table] - before[table]) / n
+            for table in taskruns.TABLES}
+    return {"task_runs": n, "workers": workers, "wall_s": wall,
+            "flow_cpu_ms_per_task_run": 1000 * cost.flow_cpu_s / n,
+            "server_cpu_ms_per_task_run": 1000 * cost.server_cpu_s / n, **rows}
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -121,11 +142,13 @@ def _one_flow(services: Services, run: str, n: int, c: int, job: float, *,
 async def _flow(run: str, n: int, concurrency: int) -> Any:
     from flashgen.settings import get_settings
     from flows.generate import generate_images
+    from flows.summary import summary_of
 
     get_settings.cache_clear()  # the emulator's URL changed in the environment
-    return await generate_images(prompts=[f"{run} {i}" for i in range(n)], bucket=BUCKET,
-                                 prefix=run, concurrency=concurrency,
-                                 batch_id=f"{run}-{time.time_ns()}")
+    state = await generate_images(prompts=[f"{run} {i}" for i in range(n)], bucket=BUCKET,
+                                  prefix=run, concurrency=concurrency,
+                                  batch_id=f"{run}-{time.time_ns()}", return_state=True)
+    return summary_of(await state.result(raise_on_failure=False))  # a failed item is a figure
 
 
 async def _gather(*flows: Any) -> list[Any]:
@@ -136,6 +159,15 @@ def _timed(coroutine: Any) -> tuple[float, Any]:
     began = time.perf_counter()
     result = asyncio.run(coroutine)
     return time.perf_counter() - began, result
+
+
+def _failed(*summaries: Any) -> int:
+    """Items that ended failed or invalid. A run refused before its summary is the bench's
+    own mistake: raised."""
+    for summary in summaries:
+        if isinstance(summary, BaseException):
+            raise summary
+    return sum(summary.failed + summary.invalid for summary in summaries)
 
 
 def _set_limit(limit: int) -> None:

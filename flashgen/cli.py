@@ -211,11 +211,12 @@ def _run_flow(flow: Any, **params: Any) -> Any:
     returns the summary (whose ``ok`` says whether the batch succeeded).
     """
     from flows.console import print_plan, print_summary, progress_bar
+    from flows.summary import summary_of
 
     with progress_bar():
         state = asyncio.run(flow(**params, return_state=True))
     try:
-        summary = state.result(raise_on_failure=False)
+        summary = summary_of(state.result(raise_on_failure=False))
     except Exception as exc:  # the flow failed before it had a summary
         _fail(exc)
     if isinstance(summary, BaseException):

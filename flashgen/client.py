@@ -1,4 +1,5 @@
-"""Typed async client for RunComfy's Model API (contract: ``shared/spec/PROTOCOL.md``).
+"""Typed async client for RunComfy's Model API (the bundled emulator, ``flashgen.emulator``,
+serves the same contract).
 
 One ``httpx.AsyncClient`` (one connection pool) per client; open it once per process (or
 flow run), from the settings the entry point read::
@@ -115,6 +116,12 @@ DEFAULT_RETRIES: Mapping[Call, Backoff] = {
     "cancel": Backoff(attempts=3, budget=15.0),
     "download": Backoff(attempts=3, budget=30.0),
 }
+# How long an idle connection is kept for reuse. Servers close idle ones (uvicorn after
+# 5 s, gunicorn after 2 s); a submit sent as the server closes gets no answer and is
+# ambiguous, never resent. httpx keeps them 5 s by default, exactly as long as uvicorn;
+# under a second stays inside any common server's timeout, and a busy run's connections
+# are reused long before that.
+KEEPALIVE_SECONDS = 0.75
 _ACCOUNT_CODES = frozenset({10001, 10002, 10003})
 # Failures raised before a single byte of the request left this process.
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -191,7 +198,8 @@ class RunComfyClient:
         # No default auth or headers: the token is attached per API call (see _BearerAuth),
         # so a download through the same pool cannot carry it.
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, transport=transport, timeout=httpx.Timeout(timeout)
+            base_url=self.base_url, transport=transport, timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS),
         )
 
     @classmethod

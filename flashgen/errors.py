@@ -69,6 +69,19 @@ class BudgetError(InputError):
 # --- the API failed -------------------------------------------------------------------
 
 
+class BatchFailedError(FlashgenError):
+    """More items failed than ``max_failure_ratio`` allows. Every success is stored and the
+    manifest written first; ``summary`` (a ``flows.summary.BatchSummary``) has the counts
+    and rows. A failed flow run's state carries this error."""
+
+    def __init__(self, message: str, summary: Any) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled with its summary (results, workers)
+        return type(self), (self.message, self.summary)
+
+
 class ApiError(FlashgenError):
     """An HTTP exchange with the API went wrong."""
 

@@ -40,6 +40,7 @@ from prefect.utilities.urls import url_for
 from flashgen.client import RunComfyClient
 from flashgen.errors import (
     AuthenticationError,
+    BatchFailedError,
     BudgetError,
     DownloadError,
     InputError,
@@ -181,11 +182,13 @@ def _final(summary: BatchSummary) -> BatchSummary | State:
     """The flow's end: Failed (naming the first failures) when too many items failed.
 
     Every success is stored and the manifest written before this; the summary travels in
-    the Failed state so callers still get the counts.
+    the Failed state's ``BatchFailedError``, so a direct call raises it and callers still
+    get the counts (``summary_of``).
     """
     if summary.ok:
         return summary
-    return Failed(message=summary.describe() + "; " + "; ".join(summary.failures), data=summary)
+    message = summary.describe() + "; " + "; ".join(summary.failures)
+    return Failed(message=message, data=BatchFailedError(message, summary))
 
 
 async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,

@@ -393,7 +393,8 @@ class ApiSlots:
             renewed = await asyncio.gather(*(self._renew(s.lease_id) for s in slots))
             await asyncio.gather(*(self._renew(lease) for lease in marks))
             for slot, ok in zip(slots, renewed, strict=True):
-                if not ok:
+                # A slot given back while its renewal was on the wire is gone, not lost.
+                if not ok and any(held is slot for held in self._held):
                     slot.lost = True
                     self._log.warning("a lease on %s expired before it was renewed: the job "
                                       "goes on, but the limit no longer counts it",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect.artifacts import acreate_table_artifact
 from prefect.events import emit_event
 from pydantic import BaseModel
+
+from flashgen.errors import BatchFailedError
 
 from flashgen.manifest import ManifestSpool
 from flashgen.plan import RunPlan
@@ -108,3 +112,9 @@ def artifact_key(kind: str, batch_id: str) -> str:
     """``kind-<batch id>`` as artifact keys allow: lowercase letters, digits and dashes."""
     out = "".join(c if c.isalnum() else "-" for c in f"{kind}-{batch_id}".lower())
     return "-".join(filter(None, out.split("-")))[:100]
+
+
+def summary_of(result: Any) -> Any:
+    """What a flow run's result holds for its caller: the ``BatchSummary`` (a failed batch
+    carries it in its ``BatchFailedError``), or the error that stopped the run early."""
+    return result.summary if isinstance(result, BatchFailedError) else result

@@ -81,10 +81,11 @@ def _main(out: Path, job_time: float, concurrency: int) -> int:
 
         from flows.console import print_summary, progress_bar
         from flows.generate import generate_images
+        from flows.summary import summary_of
 
         with progress_bar():
             state = asyncio.run(generate_images(source=str(DEMO_PROMPTS), return_state=True))
-        summary = state.result(raise_on_failure=False)
+        summary = summary_of(state.result(raise_on_failure=False))
         if isinstance(summary, BaseException):
             print(f"error: {summary}", file=sys.stderr)
             return 1

@@ -70,6 +70,11 @@ class PrefectServer:
         assert self._process is not None, "the server is not running"
         return self._process.pid
 
+    @property
+    def database(self) -> Path:
+        """The server's SQLite database (Prefect's default location in its home)."""
+        return Path(self._home) / "prefect.db"
+
     def cpu_seconds(self) -> float:
         """User + system CPU of the server process (and its reaped children), from /proc."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()

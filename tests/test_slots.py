@@ -144,6 +144,35 @@ async def test_a_missing_limit_still_limits_to_wanted(prefect_api, caplog):
     assert "flashgen provision" in caplog.text
 
 
+async def test_a_slot_given_back_while_its_renewal_is_on_the_wire_is_not_lost(
+        prefect_api, caplog, monkeypatch):
+    """A renewal pass takes its list of leases, then awaits the server; a job that ends
+    meanwhile gives its slot back, and the renewal answers 410 for a lease that is simply
+    gone. That is no expired lease: seen at 10,000 images as false warnings."""
+    import flows.slots
+
+    monkeypatch.setattr(flows.slots, "RENEW_EVERY", 0.05)
+    log = logging.getLogger("test.slots.renewal")
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        async with ApiSlots(await new_limit(1), wanted=1, logger=log) as slots:
+            renew = slots._client.renew_concurrency_lease
+            on_the_wire: set = set()
+
+            async def slow_renew(lease_id, lease_duration):
+                on_the_wire.add(lease_id)
+                await asyncio.sleep(0.3)
+                return await renew(lease_id, lease_duration=lease_duration)
+
+            monkeypatch.setattr(slots._client, "renew_concurrency_lease", slow_renew)
+            async with slots.slot():
+                (held,) = slots._held
+                await eventually("a renewal of the job's lease on its way",
+                                 lambda: _true(held.lease_id in on_the_wire), 10)
+            assert slots.held == 0  # given back while its renewal is still on its way
+            await asyncio.sleep(0.5)  # that renewal's answer comes: 410 Gone
+    assert "expired before it was renewed" not in caplog.text
+
+
 HOLD_SLOTS_FOREVER = textwrap.dedent("""
     import asyncio, sys
     from flows.slots import ApiSlots

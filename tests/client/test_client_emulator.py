@@ -1,9 +1,10 @@
 """RunComfyClient against the emulator, in-process (ASGITransport) and on a real socket.
 
-Each test shows one line of PROTOCOL.md's retry contract under the fault that tests it,
-and checks what the emulator saw. Sleeps are recorded, not slept (``no_sleeps``), and the
-emulator's jobs and links run on the same virtual clock, so no test depends on how fast
-the machine is; every ``wait`` still has a timeout, so that a bug cannot hang a test.
+Each test shows one row of the client's retry table (``flashgen.client``'s docstring)
+under the fault that tests it, and checks what the emulator saw. Sleeps are recorded,
+not slept (``no_sleeps``), and the emulator's jobs and links run on the same virtual
+clock, so no test depends on how fast the machine is; every ``wait`` still has a
+timeout, so that a bug cannot hang a test.
 """
 
 from __future__ import annotations

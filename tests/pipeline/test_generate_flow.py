@@ -9,9 +9,11 @@ import json
 import pytest
 
 from flashgen.emulator import EmulatorConfig
+from flashgen.errors import BatchFailedError
 from flashgen.models import DEFAULT_MODEL, fingerprint, validate_inputs
 from flashgen.records import ImageRecord, ItemState, LedgerEntry, LedgerState
 from flows.generate import generate_images
+from flows.summary import summary_of
 from tests.pipeline.conftest import TOKEN
 
 PROMPTS = ["a red fox in snow", "an owl at dusk", "a lighthouse in fog"]
@@ -23,7 +25,7 @@ def _objects(store, sub: str) -> list[str]:
 
 async def _run(**params):
     state = await generate_images(**params, return_state=True)
-    return state, await state.result(raise_on_failure=False)
+    return state, summary_of(await state.result(raise_on_failure=False))
 
 
 async def test_batch_lands_images_records_and_manifest(pipeline, emulator):
@@ -157,6 +159,18 @@ async def test_failed_jobs_fail_the_batch_after_storing_nothing_twice(pipeline, 
     emulator.set_faults([])
     state, summary = await _run(prompts=PROMPTS)  # a failed job produced nothing: try again
     assert state.is_completed() and summary.stored == 3
+
+
+@pytest.mark.parametrize("emulator_config", [EmulatorConfig(
+    workers=4, job_time=0.1, tokens=[TOKEN], faults=["job:fail:1.0"])])
+async def test_a_failed_batch_called_directly_raises_its_summary(pipeline, emulator):
+    """``await generate_images(...)`` from Python: a batch with failed items raises one
+    clear error that carries the counts (seen at the bench as a TypeError quoting
+    every row of the summary)."""
+    with pytest.raises(BatchFailedError, match="3 failed") as caught:
+        await generate_images(prompts=PROMPTS, batch_id="direct")
+    assert caught.value.summary.failed == 3 and caught.value.summary.batch_id == "direct"
+    assert len(str(caught.value)) < 2000
 
 
 @pytest.mark.parametrize("emulator_config", [EmulatorConfig(

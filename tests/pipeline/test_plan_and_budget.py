@@ -8,6 +8,7 @@ import pytest
 from flashgen.errors import AuthenticationError, BudgetError
 from flows.console import print_plan
 from flows.generate import generate_images
+from flows.summary import summary_of
 
 ROWS = "\n".join([
     "prompt,seed,aspect_ratio",
@@ -21,7 +22,7 @@ ROWS = "\n".join([
 
 async def _run(**params):
     state = await generate_images(**params, return_state=True)
-    return state, await state.result(raise_on_failure=False)
+    return state, summary_of(await state.result(raise_on_failure=False))
 
 
 @pytest.fixture

@@ -1,0 +1,52 @@
+"""What one Prefect task run costs, measured the way flashgen runs its steps: async tasks
+with flashgen's task options (``tasks.policy``), awaited by a fixed number of workers inside
+one flow, against the bench's real ``prefect server`` (SQLite, as ``prefect server start``
+comes). The task does nothing, so every figure is Prefect's own: CPU in the flow process,
+CPU in the server (until it has recorded every task run), and the rows each task run adds
+to the server's database. flashgen runs four such tasks per image (submit, wait until
+complete, fetch, store), so four times these figures is what the steps cost an image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+from prefect import flow, task
+
+from tasks.policy import task_options
+
+# The tables a task run writes to (directly, or through the events it emits).
+TABLES = ("task_run", "task_run_state", "events", "event_resources", "log")
+
+
+@task(name="noop", task_run_name="noop-{i}", **task_options())
+async def noop(i: int) -> int:
+    return i
+
+
+@flow(name="bench-task-runs")
+async def task_runs(n: int, workers: int) -> None:
+    numbers = iter(range(n))
+
+    async def worker() -> None:
+        for i in numbers:  # one shared iterator, as flows/generate.py streams items
+            await noop(i)
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+
+
+def row_counts(database: Path) -> dict[str, int]:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        return {t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in TABLES}
+
+
+def wait_recorded(database: Path, task_runs_before: int, n: int, timeout: float = 300) -> None:
+    """The server records task runs from their events, after the flow has returned."""
+    deadline = time.monotonic() + timeout
+    while row_counts(database)["task_run"] - task_runs_before < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the server recorded fewer than {n} task runs in {timeout} s")
+        time.sleep(0.5)
