@@ -43,10 +43,17 @@ def row_counts(database: Path) -> dict[str, int]:
         return {t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in TABLES}
 
 
-def wait_recorded(database: Path, task_runs_before: int, n: int, timeout: float = 300) -> None:
-    """The server records task runs from their events, after the flow has returned."""
-    deadline = time.monotonic() + timeout
-    while row_counts(database)["task_run"] - task_runs_before < n:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the server recorded fewer than {n} task runs in {timeout} s")
-        time.sleep(0.5)
+def wait_recorded(database: Path, task_runs_before: int, n: int, *,
+                  quiet_for: float = 15.0) -> int:
+    """Task runs the server recorded: it records them from their events after the flow has
+    returned, so wait until all ``n`` are in or the count stops growing for ``quiet_for``."""
+    recorded, last_change = -1, time.monotonic()
+    while True:
+        now = row_counts(database)["task_run"] - task_runs_before
+        if now >= n:
+            return now
+        if now != recorded:
+            recorded, last_change = now, time.monotonic()
+        elif time.monotonic() - last_change > quiet_for:
+            return recorded
+        time.sleep(1.0)
