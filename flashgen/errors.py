@@ -3,6 +3,7 @@
     FlashgenError
     ├── InputError                  bad input, caught before anything is sent (names the field)
     │   └── BudgetError             a run's plan, or its next submit, is over --max-items/--max-cost
+    ├── BatchFailedError            more items failed than allowed; carries the batch's summary
     ├── ApiError                    the API (or the path to it) failed
     │   ├── TransientApiError       worth retrying: 5xx on a safe call, transport errors, bad bodies
     │   │   └── RateLimitedError    429; carries the server's Retry-After
@@ -66,7 +67,7 @@ class BudgetError(InputError):
         super().__init__(message, field="budget")
 
 
-# --- the API failed -------------------------------------------------------------------
+# --- the batch failed -----------------------------------------------------------------
 
 
 class BatchFailedError(FlashgenError):
@@ -80,6 +81,9 @@ class BatchFailedError(FlashgenError):
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled with its summary (results, workers)
         return type(self), (self.message, self.summary)
+
+
+# --- the API failed -------------------------------------------------------------------
 
 
 class ApiError(FlashgenError):
