@@ -10,8 +10,9 @@ taskruns  4,000 no-op Prefect task runs with flashgen's task options, 16 at a ti
           one task run costs the flow process and the server, and the rows it writes
 --quick runs a tenth of each; --only runs some and updates just their figures in
 results.json. Flows run in this process (its CPU is the flow's) against a
-real ``prefect server`` subprocess (its CPU read from /proc), moto's S3 server and the
-emulator in processes of their own. Prefect logs at WARNING, to keep the output readable.
+real ``prefect server`` subprocess on a fresh database of the local PostgreSQL (their CPU
+read from /proc; see bench/services.py), moto's S3 server and the emulator in processes
+of their own. Prefect logs at WARNING, to keep the output readable.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def main() -> None:
         "shared_limit4": lambda s: scenarios.shared(s, sizes, limit=4),
         "shared_limit3": lambda s: scenarios.shared(s, sizes, limit=3),
         "late": lambda s: scenarios.late(s, sizes),
-        # Before scale: after 10,000 images the SQLite server is busy recording for minutes.
+        # Before scale: after 10,000 images the server is busy recording for minutes.
         "taskruns": lambda s: scenarios.task_runs(s, sizes),
         "scale": lambda s: scenarios.scale(s, sizes),
     }

@@ -109,7 +109,7 @@ def _one_flow(services: Services, run: str, n: int, c: int, job: float, *,
     """One flow run of ``n`` images at concurrency ``c`` against ``job``-second jobs."""
     with services.emulator(job) as api:
         _set_limit(c)
-        with ProcessCost(services.prefect) as cost:
+        with ProcessCost(services) as cost:
             wall, summary = _timed(_flow(run, n, c))
         figures = _job_figures(_records(run), api.job_times()) if job_figures else {}
         stats = api.stats()
@@ -123,9 +123,9 @@ def task_runs(services: Services, sizes: Sizes) -> dict[str, Any]:
     """What one Prefect task run costs (bench/taskruns.py), beside the four per image."""
     from bench import taskruns
 
-    n, workers, db = sizes.task_runs, 16, services.prefect.database
+    n, workers, db = sizes.task_runs, 16, services.postgres
     before = taskruns.row_counts(db)
-    with ProcessCost(services.prefect) as cost:
+    with ProcessCost(services) as cost:
         wall, _ = _timed(taskruns.task_runs(n, workers))
         recorded = taskruns.wait_recorded(db, before["task_run"], n)  # the server's share
     after = taskruns.row_counts(db)

@@ -1,9 +1,17 @@
 """The outside world for the benchmarks, each in its own process so that this process's CPU
-is the flow's alone: a real Prefect server, moto's S3 server, and the RunComfy emulator.
+is the flow's alone: a real Prefect server on PostgreSQL (as infra/PRODUCTION.md runs it),
+moto's S3 server, and the RunComfy emulator.
 
     with Services() as services:                 # Prefect server + S3, for the whole bench
+        services.cpu_seconds()                   # the Prefect server's and PostgreSQL's CPU
         with services.emulator(job_time=2.0) as api:   # a fresh emulator per scenario
             api.url, api.stats(), api.job_times()
+
+PostgreSQL, not the SQLite file ``prefect server start`` defaults to: under this load SQLite
+answers writes with "database is locked" (503), and the Prefect client then sleeps 2 s
+even with its retries off (``prefect/client/base.py``), so every figure would measure
+SQLite's locks. The server's CPU counts PostgreSQL's processes too, so the bench must
+have the local PostgreSQL to itself.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,12 +69,65 @@ class Emulator(Process):
         return httpx.get(f"{self.url}/_emulator/jobs", timeout=60).json()
 
 
+PGUSER = os.environ.get("FLASHGEN_BENCH_PGUSER", "postgres")  # trust auth on 127.0.0.1
+PG = ["-h", "127.0.0.1", "-p", "5432", "-U", PGUSER]
+
+
+class Postgres:
+    """A fresh database on the local PostgreSQL, dropped on exit."""
+
+    def __init__(self) -> None:
+        self.name = f"flashgen_bench_{uuid.uuid4().hex[:8]}"
+        self.url = f"postgresql+asyncpg://{PGUSER}@127.0.0.1:5432/{self.name}"
+
+    def __enter__(self) -> Postgres:
+        try:
+            subprocess.run(["createdb", *PG, self.name], check=True, capture_output=True,
+                           text=True, timeout=60)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", None) or exc
+            raise RuntimeError(f"the bench needs PostgreSQL at 127.0.0.1:5432 with trust auth "
+                               f"for user {PGUSER} (FLASHGEN_BENCH_PGUSER): {detail}") from exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["dropdb", "--force", *PG, self.name], capture_output=True, timeout=60)
+
+    def counts(self, tables: tuple[str, ...]) -> dict[str, int]:
+        """Rows in each of ``tables``."""
+        query = "SELECT " + ", ".join(f'(SELECT count(*) FROM "{t}")' for t in tables)
+        out = subprocess.run(["psql", *PG, "-d", self.name, "-tAc", query], check=True,
+                             capture_output=True, text=True, timeout=60).stdout
+        return dict(zip(tables, (int(n) for n in out.strip().split("|")), strict=True))
+
+    @staticmethod
+    def cpu_seconds() -> float:
+        """CPU of every PostgreSQL process, and of the backends that have exited (their
+        CPU lands in the postmaster's children's time)."""
+        total = 0.0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:  # exited meanwhile
+                continue
+            name = text[text.index("(") + 1:text.rindex(")")]
+            if not name.startswith("postgres"):
+                continue
+            fields = text.rsplit(")", 1)[1].split()
+            utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+            total += utime + stime + cutime + cstime
+        return total / os.sysconf("SC_CLK_TCK")
+
+
 class Services:
-    """A Prefect server and moto's S3 for the whole bench; the environment points at them."""
+    """A Prefect server on PostgreSQL and moto's S3 for the whole bench; the environment
+    points at them."""
 
     def __enter__(self) -> Services:
         self._stack = contextlib.ExitStack()
-        self.prefect = self._stack.enter_context(PrefectServer(startup_timeout=240))
+        self.postgres = self._stack.enter_context(Postgres())
+        self.prefect = self._stack.enter_context(
+            PrefectServer(startup_timeout=240, database_url=self.postgres.url))
         port = free_port()
         s3 = Process([sys.executable, "-m", "infra.stack", "--port", str(port)],
                      f"http://127.0.0.1:{port}", "/")
@@ -79,6 +141,10 @@ class Services:
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
+
+    def cpu_seconds(self) -> float:
+        """The Prefect server's CPU: its process and its database's."""
+        return self.prefect.cpu_seconds() + self.postgres.cpu_seconds()
 
     @contextlib.contextmanager
     def emulator(self, job_time: float) -> Iterator[Emulator]:

@@ -1,18 +1,17 @@
 """What one Prefect task run costs, measured the way flashgen runs its steps: async tasks
 with flashgen's task options (``tasks.policy``), awaited by a fixed number of workers inside
-one flow, against the bench's real ``prefect server`` (SQLite, as ``prefect server start``
-comes). The task does nothing, so every figure is Prefect's own: CPU in the flow process,
-CPU in the server (until it has recorded every task run), and the rows each task run adds
-to the server's database. flashgen runs four such tasks per image (submit, wait until
-complete, fetch, store), so four times these figures is what the steps cost an image.
+one flow, against the bench's real ``prefect server`` on PostgreSQL. The task does nothing,
+so every figure is Prefect's own: CPU in the flow process, CPU in the server and its
+database (until it has recorded every task run), and the rows each task run adds to the
+server's database. flashgen runs four such tasks per image (submit, wait until complete,
+fetch, store), so four times these figures is what the steps cost an image.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
-from pathlib import Path
+from typing import Any
 
 from prefect import flow, task
 
@@ -38,12 +37,12 @@ async def task_runs(n: int, workers: int) -> None:
     await asyncio.gather(*(worker() for _ in range(workers)))
 
 
-def row_counts(database: Path) -> dict[str, int]:
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        return {t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in TABLES}
+def row_counts(database: Any) -> dict[str, int]:
+    """Rows in each of ``TABLES`` of the server's database (``bench.services.Postgres``)."""
+    return database.counts(TABLES)
 
 
-def wait_recorded(database: Path, task_runs_before: int, n: int, *,
+def wait_recorded(database: Any, task_runs_before: int, n: int, *,
                   quiet_for: float = 15.0) -> int:
     """Task runs the server recorded: it records them from their events after the flow has
     returned, so wait until all ``n`` are in or the count stops growing for ``quiet_for``."""

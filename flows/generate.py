@@ -2,9 +2,11 @@
 
 ``generate_images`` (and ``generate_image`` for one prompt) run one batch:
 
-1. every option is checked (``BatchOptions``) and every row read and validated, streamed
-   from the prompt file; the bucket is probed for writes and the token tried with a
-   request that costs nothing — all before the first paid request;
+1. every option is checked (``BatchOptions``); the run announces itself on the shared API
+   limit (``flows.slots.ApiSlots``), so other runs leave it its share while it plans; every
+   row is read and validated, streamed from the prompt file; the bucket is probed for
+   writes and the token tried with a request that costs nothing — all before the first
+   paid request;
 2. the ledger entry of every item is read (a bounded number at a time) to make the plan:
    what is stored, in flight, ambiguous, and what will be paid for; the plan is logged,
    published as an artifact and held against ``max_items`` / ``max_cost``; a dry run stops
@@ -19,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -70,7 +73,7 @@ from flows.slots import ApiSlots
 from flows.summary import BatchSummary, artifact_key, emit_batch_event, publish_table
 from flows.views import publish_view_artifacts
 from tasks.context import BatchContext, SubmitBudget, prefect_run_over
-from tasks.generation import Steps
+from tasks.generation import Steps, forget
 
 SUBMIT_RATE_LIMIT = "runcomfy-submit"
 # A request_id that cannot exist: asking for its status costs nothing and proves the token.
@@ -201,49 +204,24 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
 
     store = Store.from_settings(settings, bucket=options.bucket, prefix=options.prefix)
     with tempfile.TemporaryDirectory(prefix="flashgen-run-") as workdir:
-        # In a thread: a large prompt file takes a while to read and must not stall the loop.
-        plan = await asyncio.to_thread(
-            plan_batch, rows if rows is not None else _rows(options, store, Path(workdir)),
-            defaults=options.defaults, model_id=options.model_id, variables={"date": run_date})
-        if plan.rows == 0:
-            raise InputError("source: no rows to generate in it", field="source")
-        _report_rows(plan, options.strict)
-        await asyncio.to_thread(store.check_writable)
-        counts, stored = await asyncio.to_thread(
-            census, store, plan.iter_items(), force=options.force,
-            resubmit_ambiguous=options.resubmit_ambiguous)
-        run_plan = RunPlan(rows=plan.rows, items=plan.items, invalid=len(plan.invalid),
-                           duplicates=len(plan.duplicates),
-                           price_per_image=settings.price_per_image, **counts)
-        log.info("batch %s plan:\n%s", batch_id, "\n".join(run_plan.lines()))
-        await acreate_markdown_artifact(
-            key=artifact_key("plan", batch_id), markdown=_plan_markdown(batch_id, run_plan),
-            description=f"what batch {batch_id} will do before it pays")
-        problem = run_plan.over_budget(max_items=options.max_items, max_cost=options.max_cost)
-        if problem:
-            raise BudgetError(f"{problem}; nothing sent. " + "; ".join(run_plan.lines()[-2:]))
-
-        async with RunComfyClient.from_settings(settings, await resolve_token(settings)) as client:
-            await _check_token(client)
-            if options.dry_run:
-                return BatchSummary(batch_id=batch_id, plan=run_plan, dry_run=True,
-                                    flow_run_id=runtime_flow_run.get_id())
-            ledger = Ledger(store, Journal(settings.state_dir, scope=store.uri(store.prefix)),
-                            owner_run=runtime_flow_run.get_id(), send_lease=settings.send_lease,
-                            owner_gone=prefect_run_over)
-            ctx = BatchContext(
-                client=client, store=store, ledger=ledger, settings=settings,
-                batch_id=batch_id, spool=Path(workdir), flow_run_id=runtime_flow_run.get_id(),
-                deployment=runtime_deployment.name, force=options.force,
-                resubmit_ambiguous=options.resubmit_ambiguous,
-                budget=SubmitBudget(run_plan.submission_cap(max_items=options.max_items,
-                                                            max_cost=options.max_cost)))
-            manifest = ManifestSpool(Path(workdir) / "manifest.jsonl")
-            for row in _plan_rows(plan):
-                manifest.add(row)
-            records: dict[str, ImageRecord] = {}
-            await _run_items(ctx, plan, stored, manifest, records,
-                             options.concurrency or settings.api_concurrency)
+        # Announced before planning (a dry run sends nothing and is not): other runs leave
+        # this one its share while it plans (flows.slots, "Fairness").
+        async with _api_slots(settings, options) as slots:
+            plan, run_plan, stored = await _make_plan(options, settings, store, rows,
+                                                      Path(workdir), batch_id, run_date)
+            token = await resolve_token(settings)
+            async with RunComfyClient.from_settings(settings, token) as client:
+                await _check_token(client)
+                if options.dry_run:
+                    return BatchSummary(batch_id=batch_id, plan=run_plan, dry_run=True,
+                                        flow_run_id=runtime_flow_run.get_id())
+                ctx = _context(options, settings, store, client, batch_id, run_plan,
+                               Path(workdir))
+                manifest = ManifestSpool(Path(workdir) / "manifest.jsonl")
+                for row in _plan_rows(plan):
+                    manifest.add(row)
+                records: dict[str, ImageRecord] = {}
+                await _run_items(ctx, plan, stored, manifest, records, slots)
         manifest_uri = await asyncio.to_thread(
             store.put_manifest_file, batch_id, manifest.close(), dict(manifest.counts))
         failpoint("manifest")
@@ -259,6 +237,52 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
     await publish_table(summary, summary.rows)
     emit_batch_event(summary)
     return summary
+
+
+async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
+                     rows: list[Row] | None, workdir: Path, batch_id: str, run_date: str
+                     ) -> tuple[BatchPlan, RunPlan, set[str]]:
+    """Every row read and checked, the bucket probed, the ledger read: what the run will do,
+    logged, published and held against the budget, before anything is paid for."""
+    log = get_run_logger()
+    # In a thread: a large prompt file takes a while to read and must not stall the loop.
+    plan = await asyncio.to_thread(
+        plan_batch, rows if rows is not None else _rows(options, store, workdir),
+        defaults=options.defaults, model_id=options.model_id, variables={"date": run_date})
+    if plan.rows == 0:
+        raise InputError("source: no rows to generate in it", field="source")
+    _report_rows(plan, options.strict)
+    await asyncio.to_thread(store.check_writable)
+    counts, stored = await asyncio.to_thread(
+        census, store, plan.iter_items(), force=options.force,
+        resubmit_ambiguous=options.resubmit_ambiguous)
+    run_plan = RunPlan(rows=plan.rows, items=plan.items, invalid=len(plan.invalid),
+                       duplicates=len(plan.duplicates),
+                       price_per_image=settings.price_per_image, **counts)
+    log.info("batch %s plan:\n%s", batch_id, "\n".join(run_plan.lines()))
+    await acreate_markdown_artifact(
+        key=artifact_key("plan", batch_id), markdown=_plan_markdown(batch_id, run_plan),
+        description=f"what batch {batch_id} will do before it pays")
+    problem = run_plan.over_budget(max_items=options.max_items, max_cost=options.max_cost)
+    if problem:
+        raise BudgetError(f"{problem}; nothing sent. " + "; ".join(run_plan.lines()[-2:]))
+
+    return plan, run_plan, stored
+
+
+def _context(options: BatchOptions, settings: Settings, store: Store, client: RunComfyClient,
+             batch_id: str, run_plan: RunPlan, workdir: Path) -> BatchContext:
+    """What every task of the run shares: client, store, ledger, budget."""
+    ledger = Ledger(store, Journal(settings.state_dir, scope=store.uri(store.prefix)),
+                    owner_run=runtime_flow_run.get_id(), send_lease=settings.send_lease,
+                    owner_gone=prefect_run_over)
+    return BatchContext(
+        client=client, store=store, ledger=ledger, settings=settings,
+        batch_id=batch_id, spool=workdir, flow_run_id=runtime_flow_run.get_id(),
+        deployment=runtime_deployment.name, force=options.force,
+        resubmit_ambiguous=options.resubmit_ambiguous,
+        budget=SubmitBudget(run_plan.submission_cap(max_items=options.max_items,
+                                                    max_cost=options.max_cost)))
 
 
 async def _publish_views(store: Store, batch_id: str, manifest: ManifestSpool,
@@ -323,7 +347,7 @@ async def _check_token(client: RunComfyClient) -> None:
 
 async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: set[str],
                      manifest: ManifestSpool, records: dict[str, ImageRecord],
-                     wanted: int) -> None:
+                     slots: ApiSlots) -> None:
     """Run every item through a bounded pool of workers; each job holds one API slot.
 
     Items stream from the prompt file; at most ``2 × wanted`` are in progress at once (a
@@ -335,22 +359,30 @@ async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: set[str],
     (submit_limit,) = await _read_limits(SUBMIT_RATE_LIMIT)
     steps = Steps.for_settings(ctx.settings)
     items = plan.iter_items()
-    wanted = min(wanted, max(pending, 1))
+    wanted = min(slots.wanted, max(pending, 1))
+    slots.plan(jobs=pending, wanted=wanted)
 
-    async with ApiSlots(ctx.settings.concurrency_limit, wanted=wanted) as slots:
-        async def worker() -> None:
-            for item in items:  # one shared iterator: each worker takes the next item
-                if item.fingerprint in stored:
-                    row = _row(item, ItemState.SKIPPED, "already stored")
-                else:
-                    row = await _run_item(ctx, steps, item, slots, submit_limit is not None,
-                                          records)
-                manifest.add(row)
-                await progress.advance(row.state.value)
+    async def worker() -> None:
+        for item in items:  # one shared iterator: each worker takes the next item
+            if item.fingerprint in stored:
+                row = _row(item, ItemState.SKIPPED, "already stored")
+            else:
+                row = await _run_item(ctx, steps, item, slots, submit_limit is not None,
+                                      records)
+            manifest.add(row)
+            await progress.advance(row.state.value)
 
-        await asyncio.gather(*(worker() for _ in range(min(2 * wanted, max(plan.items, 1)))))
+    await asyncio.gather(*(worker() for _ in range(min(2 * wanted, max(plan.items, 1)))))
     get_run_logger().info("API slots of %s: %s", ctx.settings.concurrency_limit,
                           slots.counters)
+
+
+def _api_slots(settings: Settings, options: BatchOptions
+               ) -> contextlib.AbstractAsyncContextManager[ApiSlots | None]:
+    if options.dry_run:
+        return contextlib.nullcontext(None)
+    return ApiSlots(settings.concurrency_limit,
+                    wanted=options.concurrency or settings.api_concurrency)
 
 
 async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots,
@@ -358,6 +390,7 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
     log = get_run_logger()
     began = time.monotonic()
     row = _row(item, ItemState.FAILED, None)
+    sent = finished = files = stored = None
     try:
         timings = Timings()
         async with slots.slot():  # one API slot: from the submit until the job is terminal
@@ -388,6 +421,8 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
     except Exception as exc:  # one item's failure is recorded, never the batch's end
         log.error("line %s failed: %s", item.line, exc)
         return _done(row, began, ItemState.FAILED, f"{type(exc).__name__}: {exc}")
+    finally:
+        forget(sent, finished, files, stored)  # bounded memory: see tasks.generation.forget
 
 
 def _row(item: Item, state: ItemState, reason: str | None) -> ManifestRow:

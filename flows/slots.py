@@ -45,24 +45,40 @@ cannot tell it: every denial of *this* run's own acquirer counts there too; it d
 (``server/models/concurrency_limits_v2.py``), and every increment, release and denial
 rewrites the row, so when the limit is written more often than once per average job it
 never decays at all; and the client's ``GlobalConcurrencyLimitResponse`` does not carry
-it. No v2 endpoint lists leases' holders either. So runs say it themselves, with two
+it. No v2 endpoint lists leases' holders either. So runs say it themselves, with three
 companion limits that are themselves leased (a dead run's marks expire like its slots)
 and visible in the UI:
 
 * ``<limit>:runs`` — one slot per run that is using the limit: ``R`` runs share it;
 * ``<limit>:starved`` — one slot per run that has jobs waiting and holds fewer than
-  ``min(wanted, fair_share)`` slots, where ``fair_share = max(1, limit // R)``.
+  ``min(wanted, fair_share)`` slots, where ``fair_share = max(1, limit // R)``; and per
+  run that has announced itself but is still planning (reading its prompt file and the
+  ledger, for at most ``PLANNING_GRACE``), so that its first job need not wait for
+  another run's jobs to end;
+* ``<limit>:short`` — per *short* run (every job it has left fits in the limit at once:
+  an on-demand run of a few images), as many slots as it has jobs waiting for one.
 
 When a job ends and its run has another job waiting, the slot is handed over locally
-unless some *other* run is starved and this run holds more than its fair share; then it
-goes back to the server, and while that holds this run's acquirer stays out of the way,
-so the starved run's acquirer takes the slot within one poll interval. Asking for both
-conditions (not either) keeps the API full without churn: limit 3 with two runs wanting 2
-settles at 2 + 1 (the run with 1 has its fair share, so it is not starved) instead of
-passing a slot back and forth through the server after every job; a 4-image run arriving
-beside a 2,000-image batch is starved, gets its fair share within a job time or two, and
-finishes long before the batch. Free slots are always taken (work-conserving): the fair
-share is a floor for others, not a ceiling for a run alone.
+unless another run needs it more, and then it goes back to the server, and this run's
+acquirer stays out of the way so the other run's acquirer takes it within one poll
+interval:
+
+* a short run goes first (shortest work first: it is served in one round, and the
+  others lose one job time of one slot per job it runs): a run that is not short gives
+  back each slot whose job ends, up to the slots short runs wait for, and leaves free
+  slots to them; a short run never gives a slot back while it has jobs waiting;
+* otherwise, a slot goes back when another run is starved *and* this run holds more
+  than its fair share. Asking for both (not either) keeps the API full without churn:
+  limit 3 with two runs wanting 2 settles at 2 + 1 (the run with 1 has its fair share,
+  so it is not starved) instead of passing a slot back and forth through the server
+  after every job.
+
+So a 4-image run arriving beside a 2,000-image batch gets all 4 slots as the batch's
+jobs end and finishes in about two job times, and two batches started together split the
+limit from their first jobs. Free slots are always taken (work-conserving): the fair
+share is a floor for others, not a ceiling for a run alone. What this does not prevent:
+short runs arriving without pause would keep a long batch waiting; each of them is
+small, and the batch takes its slots back whenever none waits.
 
 A missing or inactive limit means no sharing: the run limits itself to ``wanted`` and
 warns, naming ``flashgen provision``, which creates the limit.
@@ -93,6 +109,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 LEASE_SECONDS = 60.0  # the server's minimum lease: a dead run's slots return soonest
+PLANNING_GRACE = 10.0  # how long an announced run, still planning, asks others to leave room
 RENEW_EVERY = LEASE_SECONDS / 3  # two renewals may fail before a lease is at risk
 POLL_BOUNDS = (0.05, 2.0)
 WAITING_LOG_EVERY = 30.0  # repeat "waiting for a slot" at most this often
@@ -120,19 +137,24 @@ class _Slot:
 
 
 class _Mark:
-    """This run's one-slot mark on a companion limit, switched on and off idempotently."""
+    """This run's mark on a companion limit: ``count`` slots of it (0: none), set idempotently."""
 
     def __init__(self, client: PrefectClient, name: str) -> None:
-        self.client, self.name, self.lease_id = client, name, None
+        self.client, self.name = client, name
+        self.lease_id: UUID | None = None
+        self.count = 0
 
-    async def set(self, on: bool) -> None:
-        if on and self.lease_id is None:
-            answer = await self.client.increment_concurrency_slots_with_lease(
-                names=[self.name], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS)
-            self.lease_id = UUID(answer.json()["lease_id"])
-        elif not on and self.lease_id is not None:
-            lease_id, self.lease_id = self.lease_id, None
+    async def set(self, count: int | bool) -> None:
+        count = int(count)
+        if count == self.count:
+            return
+        if self.lease_id is not None:
+            lease_id, self.lease_id, self.count = self.lease_id, None, 0
             await self.client.release_concurrency_slots_with_lease(lease_id)
+        if count > 0:
+            answer = await self.client.increment_concurrency_slots_with_lease(
+                names=[self.name], slots=count, mode="concurrency", lease_duration=LEASE_SECONDS)
+            self.lease_id, self.count = UUID(answer.json()["lease_id"]), count
 
 
 @dataclass(frozen=True)
@@ -143,6 +165,7 @@ class _View:
     active: int = 0
     runs: int = 1
     others_starved: int = 0
+    others_short: int = 0  # slots that short runs (see the module doc) are waiting for
 
     def fair_share(self) -> int:
         return max(1, self.limit // max(self.runs, 1))
@@ -151,17 +174,21 @@ class _View:
 class ApiSlots:
     """A run's slots of a Prefect global concurrency limit, one per job (see the module doc).
 
-    ``wanted`` caps the slots this run holds; ``poll_interval`` is how often the run's one
+    ``wanted`` caps the slots this run holds; ``jobs`` is how many jobs it will run (None
+    while it is still planning: see ``plan``); ``poll_interval`` is how often the run's one
     acquirer asks the server while jobs wait and the limit is full. ``logger`` defaults to
     the Prefect run logger inside a run, else ``logging.getLogger("flashgen.slots")``.
     """
 
-    def __init__(self, limit_name: str, wanted: int, *, poll_interval: float = 0.25,
+    def __init__(self, limit_name: str, wanted: int, *, jobs: int | None = None,
+                 poll_interval: float = 0.25,
                  logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
         if wanted < 1:
             raise ValueError(f"wanted must be at least 1, not {wanted}")
         self.limit_name = limit_name
         self.wanted = wanted
+        self.jobs = jobs
+        self.started = 0  # jobs that have had a slot
         self.poll_interval = min(max(poll_interval, POLL_BOUNDS[0]), POLL_BOUNDS[1])
         self.counters = Counters()
         self.shared = False  # True once the limit was found and is active
@@ -176,6 +203,8 @@ class ApiSlots:
         self._chores: set[asyncio.Future[Any]] = set()
         self._last_waiting_log = -WAITING_LOG_EVERY
         self._view_due = 0.0
+        self._announced_at = time.monotonic()
+        self._yielded_to_short = 0  # since the view was last read
 
     # -- the run's side -------------------------------------------------------------------
 
@@ -190,9 +219,10 @@ class ApiSlots:
                 "does not exist" if found is None else "is inactive", self.wanted)
         else:
             self._view = _View(limit=found.limit, active=found.active_slots)
-            for role in ("runs", "starved"):
+            for role in ("runs", "starved", "short"):
                 self._marks[role] = _Mark(self._client, await self._companion(role))
             await self._marks["runs"].set(True)
+            await self._set_starved(self._planning())  # announced: leave room while we plan
             self._background.append(asyncio.create_task(self._renew_forever()))
         self._background.append(asyncio.create_task(self._acquire_forever()))
         return self
@@ -206,6 +236,15 @@ class ApiSlots:
                                  *(mark.set(False) for mark in self._marks.values()))
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
+
+    def plan(self, jobs: int, wanted: int | None = None) -> None:
+        """The run has planned: ``jobs`` jobs to run, at most ``wanted`` at once."""
+        if wanted is not None:
+            if wanted < 1:
+                raise ValueError(f"wanted must be at least 1, not {wanted}")
+            self.wanted = wanted
+        self.jobs = jobs
+        self._wake.set()  # the acquirer settles the marks
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -233,7 +272,7 @@ class ApiSlots:
         waiter = self._next_waiter()
         if waiter is not None and not self._should_yield():
             self.counters.handed_over += 1
-            waiter.set_result(slot)
+            self._start(waiter, slot)
             return
         if waiter is not None:
             self._waiters.appendleft(waiter)  # it waits for the acquirer instead
@@ -242,8 +281,29 @@ class ApiSlots:
         self._wake.set()
 
     def _should_yield(self) -> bool:
-        """Give a slot back instead of passing it on: another run is starved, we are rich."""
+        """Give a slot back instead of passing it on: a short run waits for it (up to the
+        slots it waits for, per reading of the view), or another run is starved and we
+        are rich. A short run yields to nobody: it goes first."""
+        if self._short():
+            return False
+        if self._yielded_to_short < self._view.others_short:
+            self._yielded_to_short += 1
+            return True
         return self._view.others_starved > 0 and self.held > self._view.fair_share()
+
+    def _start(self, waiter: asyncio.Future[_Slot], slot: _Slot) -> None:
+        self.started += 1
+        waiter.set_result(slot)
+
+    def _planning(self) -> bool:
+        """Announced, not planned yet, and not for long: others leave this run its share."""
+        return (self.jobs is None and self.started == 0
+                and time.monotonic() - self._announced_at < PLANNING_GRACE)
+
+    def _short(self) -> bool:
+        """Every job this run has left fits in the limit at once."""
+        return (self.jobs is not None and self._view.limit > 0
+                and self.jobs - self.started <= self._view.limit)
 
     def _next_waiter(self) -> asyncio.Future[_Slot] | None:
         while self._waiters:
@@ -298,9 +358,12 @@ class ApiSlots:
     async def _acquire_once(self) -> bool:
         """One round of the acquirer; True to go again at once, False to nap first."""
         if not self._waiting():
-            await self._set_starved(False)
+            planning = self._planning()
+            await self._set_starved(planning)
+            await self._set_short(0)
             self._wake.clear()
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):  # planning ends by itself after its grace
+                await asyncio.wait_for(self._wake.wait(), PLANNING_GRACE if planning else None)
             return True
         wants_more = self.held < self.wanted
         if self.shared and time.monotonic() >= self._view_due:
@@ -317,8 +380,14 @@ class ApiSlots:
         return sum(not w.done() for w in self._waiters)
 
     def _should_hold_back(self) -> bool:
-        """Leave free slots to a starved run while we already have our fair share."""
-        return self._view.others_starved > 0 and self.held >= self._view.fair_share()
+        """Leave free slots to short runs waiting for them, and to a starved run while we
+        already have our fair share. A short run takes every free slot it can use."""
+        view = self._view
+        if self._short():
+            return False
+        if view.others_short and view.limit - view.active <= view.others_short:
+            return True
+        return view.others_starved > 0 and self.held >= view.fair_share()
 
     async def _take_one(self) -> _Slot | None:
         if not self.shared:
@@ -346,7 +415,7 @@ class ApiSlots:
         if waiter is None:  # every waiter left meanwhile: nobody needs it
             await self._give_back(slot)
         else:
-            waiter.set_result(slot)
+            self._start(waiter, slot)
 
     async def _nap(self) -> None:
         # Jitter keeps the acquirers of runs started together from polling in lockstep.
@@ -360,20 +429,29 @@ class ApiSlots:
         wants more slots; a run at its cap only needs the view for job-end decisions, so it
         reads it a quarter as often."""
         names = [self.limit_name] + [mark.name for mark in self._marks.values()]
-        limit, runs, starved = await asyncio.gather(*(self._read_limit(n) for n in names))
-        if limit is None or runs is None or starved is None:
+        limit, runs, starved, short = await asyncio.gather(
+            *(self._read_limit(n) for n in names))
+        if limit is None or runs is None or starved is None or short is None:
             return  # deleted under us: keep the last view; leases still bound us
-        mine = self._marks["starved"].lease_id is not None
+        mine = {role: mark.count for role, mark in self._marks.items()}
         self._view = _View(limit=limit.limit, active=limit.active_slots,
                            runs=max(runs.active_slots, 1),
-                           others_starved=max(starved.active_slots - mine, 0))
+                           others_starved=max(starved.active_slots - mine["starved"], 0),
+                           others_short=max(short.active_slots - mine["short"], 0))
+        self._yielded_to_short = 0
         self._view_due = time.monotonic() + self.poll_interval * (1 if wants_more else 4)
-        await self._set_starved(self._waiting() > 0
+        waiting = self._waiting()
+        await self._set_starved(waiting > 0
                                 and self.held < min(self.wanted, self._view.fair_share()))
+        await self._set_short(min(waiting, self.wanted - self.held) if self._short() else 0)
 
     async def _set_starved(self, starved: bool) -> None:
         if "starved" in self._marks:
             await self._marks["starved"].set(starved)
+
+    async def _set_short(self, waiting: int) -> None:
+        if "short" in self._marks:
+            await self._marks["short"].set(max(waiting, 0))
 
     def _say_waiting(self) -> None:
         now = time.monotonic()

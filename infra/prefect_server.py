@@ -26,11 +26,13 @@ from infra.stack import free_port
 
 
 class PrefectServer:
-    """``prefect server start`` on SQLite in a temporary home, stopped on exit."""
+    """``prefect server start`` in a temporary home, stopped on exit: on SQLite there, or on
+    the PostgreSQL database ``database_url`` names (``postgresql+asyncpg://…``)."""
 
     def __init__(self, *, repossessor_seconds: float = 15.0, startup_timeout: float = 120.0,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, database_url: str | None = None) -> None:
         self.port = free_port()
+        self.database_url = database_url
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self._repossessor_seconds = repossessor_seconds
         self._startup_timeout = startup_timeout
@@ -43,6 +45,8 @@ class PrefectServer:
         env.update(PREFECT_HOME=self._home, PREFECT_SERVER_ANALYTICS_ENABLED="false",
                    PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS=str(self._repossessor_seconds),
                    PREFECT_LOGGING_SERVER_LEVEL="WARNING")
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         with open(self._log_path, "wb") as log:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
@@ -72,7 +76,8 @@ class PrefectServer:
 
     @property
     def database(self) -> Path:
-        """The server's SQLite database (Prefect's default location in its home)."""
+        """The server's SQLite database (Prefect's default location in its home), when it has
+        no ``database_url``."""
         return Path(self._home) / "prefect.db"
 
     def cpu_seconds(self) -> float:

@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prefect import Task, task
+from prefect.context import FlowRunContext
+from prefect.utilities.collections import visit_collection
 from pydantic import BaseModel
 
 from flashgen import timing
@@ -239,3 +241,25 @@ class Steps:
             fetch=bind(fetch, 900),
             store=bind(store, 900),
         )
+
+
+def forget(*results: Any) -> None:
+    """Drop the flow run's links from these task results to their task runs' states.
+
+    Prefect links every task result, and each of its fields, to a copy of its state in the
+    flow run's context, so that passing it to another task records the dependency
+    (``prefect.utilities.engine.link_state_to_result``); it keeps them until the flow run
+    ends: 11 states per image, the largest share of a 10,000-image run's memory. The links
+    of an item that has ended are never looked up again (its dependencies are recorded when
+    its tasks start), so the flow drops them as each item ends.
+    """
+    context = FlowRunContext.get()
+    links = getattr(context, "run_results", None)
+    if links is None:
+        return
+
+    def drop(obj: Any) -> None:
+        links.pop(id(obj), None)
+
+    for result in results:  # the same objects Prefect linked: the result and its fields
+        visit_collection(result, visit_fn=drop, return_data=False, max_depth=1)

@@ -60,10 +60,10 @@ class InFlight:
 
 
 async def run_jobs(slots: ApiSlots, n: int, in_flight: InFlight,
-                   done: list[int] | None = None) -> None:
+                   done: list[int] | None = None, seconds: float = JOB_SECONDS) -> None:
     async def one() -> None:
         async with slots.slot():
-            await in_flight.job()
+            await in_flight.job(seconds)
         if done is not None:
             done.append(1)
 
@@ -132,6 +132,57 @@ async def test_a_small_run_beside_a_big_one_finishes_first(prefect_api):
     assert big.counters.yielded >= 1  # the big run gave slots back for the small one
     assert small.counters.acquired >= 1
     assert max(in_flight.seen) <= 3
+
+
+@pytest.mark.slow
+async def test_a_short_run_gets_every_slot_it_waits_for_not_just_a_fair_share(prefect_api):
+    """A run whose jobs all fit in the limit at once (an on-demand run of 4 beside a batch)
+    is served first: the big run gives back each slot as its jobs end until the short run
+    has all it waits for, so the short run finishes in one round instead of two. With only
+    the fair share (4 // 2 runs) it would never hold more than 2."""
+    name = await new_limit(4)
+    in_flight = InFlight()
+    big_done: list[int] = []
+    async with ApiSlots(name, wanted=4, jobs=80) as big:
+        big_run = asyncio.ensure_future(run_jobs(big, 80, in_flight, big_done))
+        await eventually("the big run holding the limit", lambda: _true(big.held == 4), 60)
+        async with ApiSlots(name, wanted=4, jobs=4) as short:
+            # Long jobs: all four hold their slots at once whatever the machine's load.
+            await run_jobs(short, 4, in_flight, seconds=3.0)
+        big_done_when_short_finished = len(big_done)
+        await big_run
+    assert short.counters.max_held == 4
+    assert big.counters.yielded >= 3
+    assert big_done_when_short_finished < 80
+    assert max(in_flight.seen) <= 4
+
+
+async def test_a_run_still_planning_is_left_its_fair_share(prefect_api):
+    """A run announces itself before it reads its prompt file and ledger; meanwhile a run
+    already at work keeps to its fair share, so the newcomer's first job starts as soon as
+    it has planned instead of after the other's jobs end. Once it has planned (here: no
+    work), the other may take the whole limit again."""
+    name = await new_limit(4)
+    in_flight = InFlight()
+    async with ApiSlots(name, wanted=4) as planning:  # jobs unknown yet: planning
+        async with ApiSlots(name, wanted=4, jobs=12) as busy:
+            held_while_long: list[int] = []
+
+            async def job() -> None:
+                async with busy.slot():
+                    if busy.jobs - busy.started > 4:  # with 4 or fewer left it is short
+                        held_while_long.append(busy.held)
+                    await in_flight.job()
+
+            await asyncio.gather(*(job() for _ in range(12)))
+        assert max(held_while_long) == 2
+        planning.plan(jobs=0)
+        async with ApiSlots(name, wanted=4, jobs=8) as alone_again:
+            await eventually("the planned run's mark cleared",
+                             lambda: _is_zero(f"{name}:starved"), 30)
+            await run_jobs(alone_again, 8, in_flight, seconds=1.0)
+        assert alone_again.counters.max_held == 4
+    assert max(in_flight.seen) <= 4
 
 
 async def test_a_missing_limit_still_limits_to_wanted(prefect_api, caplog):

@@ -50,14 +50,17 @@ def test_sigkill_at_a_step_boundary_then_a_rerun(fault_stack, point):
     assert killed.returncode == -9, killed.stderr[-2000:]
     rerun = fault_stack.batch(source, "--batch-id", "crash", "--concurrency", "2",
                               FLASHGEN_SEND_LEASE="3600")
-    counts = fault_stack.check("crash", inputs=6)  # "ambiguous" only if its POST arrived
-    # The killed run had two workers: beside the job at POINT, another job's POST may have
-    # been on the wire, and that one is honestly ambiguous. At 'sending' one always is.
+    # The killed run had two workers: beside the job at POINT, another job may have been
+    # between its claim and its answer, and that one is honestly ambiguous, whether or not
+    # its POST had left (a rerun cannot tell). At 'sending' one always is.
+    counts = fault_stack.check("crash", inputs=6, killed_claims=1)
     ambiguous = counts.get("failed", 0)
     assert ambiguous <= 2 and (ambiguous >= 1 if point == "sending" else True), counts
     assert counts.get("stored", 0) + counts.get("skipped", 0) + ambiguous == 6
     assert rerun.returncode == (1 if ambiguous else 0), rerun.stderr[-2000:]
-    assert fault_stack.api.stats()["submissions"] == 6  # each item sent once, never again
+    stats = fault_stack.api.stats()
+    # Each item sent once, never again (the killed claim's maybe not even once).
+    assert stats["submissions"] == len(stats["submit_requests_by_fingerprint"]) >= 5
 
 
 def test_two_runs_of_one_batch_pay_once(fault_stack):
