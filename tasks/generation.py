@@ -5,14 +5,14 @@ the API, the store writes S3; the task adds Prefect's retries (transient errors 
 ``tasks.policy``) and a run name that says which line it works on. ``Steps.for_settings``
 binds the run's settings (timeouts, retry delay) to the tasks once per flow run.
 
-What a task run costs (``python -m bench --only taskruns``, on the bench's 2-core machine
-and SQLite server): about 4 ms of the flow process's CPU and 26 ms of the server's, and a
-task run, 3 states, 3 events and 9 event-resource rows in its database. Four per image is
-most of the server's load (README, "Tests and benchmarks"). We keep four: each step retries
-on its own (a refetch never resubmits), and an operator sees in the UI which step of which
-line failed. The tasks are async and awaited directly (no task runner threads), persist no
-results and cache nothing; what they return is small (fetched files wait in a spool
-folder), never image bytes.
+What a task run costs (``python -m bench --only taskruns``, on the bench's 2-core machine,
+server on PostgreSQL): about 3.4 ms of the flow process's CPU and 31 ms of the server's (its
+database included), and a task run, 3 states, 3 events and 9 event-resource rows. Four per
+image is most of the server's load (README, "Tests and benchmarks"). We keep four: each step
+retries on its own (a refetch never resubmits), and an operator sees in the UI which step of
+which line failed. The tasks are async and awaited directly (no task runner threads),
+persist no results and cache nothing; what they return is small (fetched files wait in a
+spool folder), never image bytes.
 """
 
 from __future__ import annotations
