@@ -270,26 +270,30 @@ class ApiSlots:
 
     async def _job_ended(self, slot: _Slot) -> None:
         waiter = self._next_waiter()
-        if waiter is not None and not self._should_yield():
+        wanted_by = self._wanted_by() if waiter is not None else None
+        if waiter is not None and wanted_by is None:
             self.counters.handed_over += 1
             self._start(waiter, slot)
             return
         if waiter is not None:
             self._waiters.appendleft(waiter)  # it waits for the acquirer instead
             self.counters.yielded += 1
+            if wanted_by == "short":
+                self._yielded_to_short += 1
         await self._give_back(slot)
         self._wake.set()
 
-    def _should_yield(self) -> bool:
-        """Give a slot back instead of passing it on: a short run waits for it (up to the
-        slots it waits for, per reading of the view), or another run is starved and we
-        are rich. A short run yields to nobody: it goes first."""
+    def _wanted_by(self) -> str | None:
+        """Who needs a slot more than this run's next job: a short run waiting for it (up to
+        the slots it waits for, per reading of the view), or a starved run while we are
+        rich; None if nobody. A short run yields to nobody: it goes first."""
         if self._short():
-            return False
+            return None
         if self._yielded_to_short < self._view.others_short:
-            self._yielded_to_short += 1
-            return True
-        return self._view.others_starved > 0 and self.held > self._view.fair_share()
+            return "short"
+        if self._view.others_starved > 0 and self.held > self._view.fair_share():
+            return "starved"
+        return None
 
     def _start(self, waiter: asyncio.Future[_Slot], slot: _Slot) -> None:
         self.started += 1
