@@ -1,5 +1,5 @@
 """The benchmark scenarios: each a small function that runs flashgen's public flow
-(``flows.generate.generate_images``) against a fresh emulator and returns its figures.
+(``flashgen.flows.generate.generate_images``) against a fresh emulator and returns its figures.
 
 Every flow runs in this process against the real Prefect server of ``Services``; whatever
 ``generate_images`` does about the shared limit is what gets measured.
@@ -141,8 +141,8 @@ def task_runs(services: Services, sizes: Sizes) -> dict[str, Any]:
 
 async def _flow(run: str, n: int, concurrency: int) -> Any:
     from flashgen.settings import get_settings
-    from flows.generate import generate_images
-    from flows.summary import summary_of
+    from flashgen.flows.generate import generate_images
+    from flashgen.flows.summary import summary_of
 
     get_settings.cache_clear()  # the emulator's URL changed in the environment
     state = await generate_images(prompts=[f"{run} {i}" for i in range(n)], bucket=BUCKET,
@@ -171,7 +171,7 @@ def _failed(*summaries: Any) -> int:
 
 
 def _set_limit(limit: int) -> None:
-    from infra.demo import ensure_api_limit
+    from flashgen.infra.demo import ensure_api_limit
 
     asyncio.run(ensure_api_limit(LIMIT_NAME, limit))
 

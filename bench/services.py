@@ -28,8 +28,8 @@ from typing import Any
 
 import httpx
 
-from infra.prefect_server import PrefectServer
-from infra.stack import FAKE_AWS, free_port
+from flashgen.infra.prefect_server import PrefectServer
+from flashgen.infra.stack import FAKE_AWS, free_port
 
 TOKEN = "bench-token"
 BUCKET = "bench"
@@ -129,7 +129,7 @@ class Services:
         self.prefect = self._stack.enter_context(
             PrefectServer(startup_timeout=240, database_url=self.postgres.url))
         port = free_port()
-        s3 = Process([sys.executable, "-m", "infra.stack", "--port", str(port)],
+        s3 = Process([sys.executable, "-m", "flashgen.infra.stack", "--port", str(port)],
                      f"http://127.0.0.1:{port}", "/")
         self._stack.callback(s3.stop)
         os.environ.update({**FAKE_AWS, "AWS_ENDPOINT_URL": s3.url,

@@ -1,5 +1,5 @@
 """What one Prefect task run costs, measured the way flashgen runs its steps: async tasks
-with flashgen's task options (``tasks.policy``), awaited by a fixed number of workers inside
+with flashgen's task options (``flashgen.tasks.policy``), awaited by a fixed number of workers inside
 one flow, against the bench's real ``prefect server`` on PostgreSQL. The task does nothing,
 so every figure is Prefect's own: CPU in the flow process, CPU in the server and its
 database (until it has recorded every task run), and the rows each task run adds to the
@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from tasks.policy import task_options
+from flashgen.tasks.policy import task_options
 
 # The tables a task run writes to (directly, or through the events it emits).
 TABLES = ("task_run", "task_run_state", "events", "event_resources", "log")

@@ -135,7 +135,7 @@ def generate(
     force: Annotated[bool, typer.Option(help="Generate again even if stored.")] = False,
 ) -> None:
     """Generate one image into S3 (runs the generate-image flow)."""
-    from flows.generate import generate_image
+    from flashgen.flows.generate import generate_image
 
     summary = _run_flow(generate_image, prompt=prompt, negative_prompt=negative_prompt,
                         aspect_ratio=aspect_ratio, seed=seed,
@@ -190,7 +190,7 @@ def batch(
         BatchOptions.parse(**params)  # the flow checks again; this fails before Prefect starts
     except InputError as exc:
         _fail(exc, 2)
-    from flows.generate import generate_images
+    from flashgen.flows.generate import generate_images
 
     summary = _run_flow(generate_images, **params)
     if out is not None and summary.manifest_uri:
@@ -210,8 +210,8 @@ def _run_flow(flow: Any, **params: Any) -> Any:
     Exits 2 on bad input and 1 when the flow failed before it had a summary; otherwise
     returns the summary (whose ``ok`` says whether the batch succeeded).
     """
-    from flows.console import print_plan, print_summary, progress_bar
-    from flows.summary import summary_of
+    from flashgen.flows.console import print_plan, print_summary, progress_bar
+    from flashgen.flows.summary import summary_of
 
     with progress_bar():
         state = asyncio.run(flow(**params, return_state=True))
@@ -236,7 +236,7 @@ def demo(
 ) -> None:
     """Run the main job end to end on a local stack: emulator, S3 stand-in, Prefect."""
     _require_demo_extra("moto", "fastapi", "uvicorn", "jsonschema")
-    from infra.demo import run_demo
+    from flashgen.infra.demo import run_demo
 
     raise typer.Exit(run_demo(out=out, job_time=job_time, concurrency=concurrency))
 
@@ -380,7 +380,7 @@ def _store_with_manifest(batch_id: str, bucket: str | None, prefix: str | None) 
 
 def _register_provision() -> None:
     try:
-        from infra.cli import provision_command
+        from flashgen.infra.cli import provision_command
     except ImportError:  # infra is not installed beside the core package
         return
     app.command("provision", help="Create or update bucket, limits, work pool, blocks and "

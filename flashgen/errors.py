@@ -72,7 +72,7 @@ class BudgetError(InputError):
 
 class BatchFailedError(FlashgenError):
     """More items failed than ``max_failure_ratio`` allows. Every success is stored and the
-    manifest written first; ``summary`` (a ``flows.summary.BatchSummary``) has the counts
+    manifest written first; ``summary`` (a ``flashgen.flows.summary.BatchSummary``) has the counts
     and rows. A failed flow run's state carries this error."""
 
     def __init__(self, message: str, summary: Any) -> None:

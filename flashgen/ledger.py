@@ -33,11 +33,11 @@ submit: it goes first to a local ``Journal`` (one fsync'ed file per item in the 
 directory, which every run on the machine reads), then to the ledger (one PutObject, which
 botocore tries ``storage.S3_ATTEMPTS`` times). Only once the ledger holds it is the journal
 file removed. If S3 is down longer than that, the submit task fails and Prefect retries it
-(``tasks.policy``): the retry's ``decide`` finds the request_id in the journal and records
+(``flashgen.tasks.policy``): the retry's ``decide`` finds the request_id in the journal and records
 it again; it never resends the POST. A rerun after a crash does the same.
 
 This module imports no Prefect: ``decide`` is one synchronous step over ``Store``'s
-conditional puts, and the caller (``tasks.generation``) loops on ``WAIT``.
+conditional puts, and the caller (``flashgen.tasks.generation``) loops on ``WAIT``.
 """
 
 from __future__ import annotations

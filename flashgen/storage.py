@@ -229,7 +229,7 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None) -
         session = boto3.session.Session(region_name="us-east-1")
     config = Config(
         # The layer that retries an S3 call: 8 attempts, jittered backoff (about 10 s of
-        # outage on average); longer outages are the tasks' retries (tasks.policy).
+        # outage on average); longer outages are the tasks' retries (flashgen.tasks.policy).
         retries={"mode": "standard", "total_max_attempts": S3_ATTEMPTS},
         max_pool_connections=MAX_POOL_CONNECTIONS,
         connect_timeout=10,

@@ -8,7 +8,7 @@ records it just wrote (so they are not read back)::
     views.gallery_url          # presigned: opens in any browser until views.expires_at
     # → 'https://my-bucket.s3.amazonaws.com/flashgen/galleries/b1.html?X-Amz-…'
 
-``flows.views.publish_view_artifacts`` then shows them in Prefect's UI.
+``flashgen.flows.views.publish_view_artifacts`` then shows them in Prefect's UI.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flows.progress import add_listener
-from flows.summary import BatchSummary
+from flashgen.flows.progress import add_listener
+from flashgen.flows.summary import BatchSummary
 
 console = Console(stderr=True)
 

@@ -3,7 +3,7 @@
 ``generate_images`` (and ``generate_image`` for one prompt) run one batch:
 
 1. every option is checked (``BatchOptions``); the run announces itself on the shared API
-   limit (``flows.slots.ApiSlots``), so other runs leave it its share while it plans; every
+   limit (``flashgen.flows.slots.ApiSlots``), so other runs leave it its share while it plans; every
    row is read and validated, streamed from the prompt file; the bucket is probed for
    writes and the token tried with a request that costs nothing — all before the first
    paid request;
@@ -12,7 +12,7 @@
    published as an artifact and held against ``max_items`` / ``max_cost``; a dry run stops
    here;
 3. items stream through a bounded pool of workers; each job holds one slot of the shared
-   API limit (``flows.slots.ApiSlots``: fair between runs, one acquirer per run) from its
+   API limit (``flashgen.flows.slots.ApiSlots``: fair between runs, one acquirer per run) from its
    submit until it is terminal, then is fetched and stored outside the slot;
 4. rows stream into the manifest spool, uploaded with its summary at the end, and the
    batch's event and table artifact follow.
@@ -68,12 +68,12 @@ from flashgen.sources import (
 )
 from flashgen.storage import Store, parse_s3_uri
 from flashgen.views import BatchViews, publish_batch_views
-from flows.progress import BatchProgress
-from flows.slots import ApiSlots
-from flows.summary import BatchSummary, artifact_key, emit_batch_event, publish_table
-from flows.views import publish_view_artifacts
-from tasks.context import BatchContext, SubmitBudget, prefect_run_over
-from tasks.generation import Steps, forget
+from flashgen.flows.progress import BatchProgress
+from flashgen.flows.slots import ApiSlots
+from flashgen.flows.summary import BatchSummary, artifact_key, emit_batch_event, publish_table
+from flashgen.flows.views import publish_view_artifacts
+from flashgen.tasks.context import BatchContext, SubmitBudget, prefect_run_over
+from flashgen.tasks.generation import Steps, forget
 
 SUBMIT_RATE_LIMIT = "runcomfy-submit"
 # A request_id that cannot exist: asking for its status costs nothing and proves the token.
@@ -205,7 +205,7 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
     store = Store.from_settings(settings, bucket=options.bucket, prefix=options.prefix)
     with tempfile.TemporaryDirectory(prefix="flashgen-run-") as workdir:
         # Announced before planning (a dry run sends nothing and is not): other runs leave
-        # this one its share while it plans (flows.slots, "Fairness").
+        # this one its share while it plans (flashgen.flows.slots, "Fairness").
         async with _api_slots(settings, options) as slots:
             plan, run_plan, stored = await _make_plan(options, settings, store, rows,
                                                       Path(workdir), batch_id, run_date)
@@ -422,7 +422,7 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
         log.error("line %s failed: %s", item.line, exc)
         return _done(row, began, ItemState.FAILED, f"{type(exc).__name__}: {exc}")
     finally:
-        forget(sent, finished, files, stored)  # bounded memory: see tasks.generation.forget
+        forget(sent, finished, files, stored)  # bounded memory: see flashgen.tasks.generation.forget
 
 
 def _row(item: Item, state: ItemState, reason: str | None) -> ManifestRow:

@@ -54,7 +54,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 from flashgen.sources import FORMATS
 from flashgen.settings import get_settings
 from flashgen.storage import ListedObject, Store
-from flows.events import PROMPTS_UPLOADED, send_event
+from flashgen.flows.events import PROMPTS_UPLOADED, send_event
 
 # Event ids are uuid5(EVENT_NAMESPACE, "<bucket>/<key>#<etag>"): stable across sensors.
 EVENT_NAMESPACE = uuid.UUID("6f1b8a52-3c1e-4f0e-9a57-0b7f3d1e5a21")

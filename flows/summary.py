@@ -13,7 +13,7 @@ from flashgen.errors import BatchFailedError
 from flashgen.manifest import ManifestSpool
 from flashgen.plan import RunPlan
 from flashgen.records import ItemState, ManifestRow
-from flows.events import BATCH_COMPLETED, BATCH_FAILED
+from flashgen.flows.events import BATCH_COMPLETED, BATCH_FAILED
 
 FIRST_ERRORS = 5
 

@@ -16,7 +16,7 @@ from prefect.artifacts import acreate_image_artifact, acreate_link_artifact
 
 from flashgen.records import ImageRecord, ManifestRow
 from flashgen.views import BatchViews, PreviewImage
-from flows.summary import artifact_key
+from flashgen.flows.summary import artifact_key
 
 
 async def publish_view_artifacts(

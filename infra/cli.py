@@ -51,7 +51,7 @@ def provision_command(
 
     from flashgen.errors import FlashgenError
     from flashgen.settings import get_settings
-    from infra.provision import ProvisionConfig, ProvisionError, provision
+    from flashgen.infra.provision import ProvisionConfig, ProvisionError, provision
 
     api_url = get_current_settings().api.url
     if not api_url:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import deployments
+from flashgen import deployments
 
 DEMO_PROMPTS = Path(deployments.__file__).parent / "prompts" / "demo.csv"
 BUCKET = "flashgen-demo"
@@ -42,7 +42,7 @@ def run_demo(*, out: Path, job_time: float, concurrency: int) -> int:
     env.update(PREFECT_HOME=str(out / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="true",
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "infra.demo", str(out), str(job_time), str(concurrency)]
+    command = [sys.executable, "-m", "flashgen.infra.demo", str(out), str(job_time), str(concurrency)]
     code = subprocess.call(command, env=env)
     if code == SERVER_DID_NOT_START:
         print("Prefect's temporary server did not start in time; trying once more", flush=True)
@@ -58,7 +58,7 @@ def _main(out: Path, job_time: float, concurrency: int) -> int:
     from flashgen.emulator import EmulatorConfig, EmulatorServer
     from flashgen.settings import get_settings
     from flashgen.storage import Store
-    from infra.stack import MotoS3
+    from flashgen.infra.stack import MotoS3
 
     config = EmulatorConfig(workers=concurrency, job_time=job_time, tokens=[TOKEN])
     with EmulatorServer(config) as api, MotoS3() as s3:
@@ -79,9 +79,9 @@ def _main(out: Path, job_time: float, concurrency: int) -> int:
             print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
             return SERVER_DID_NOT_START
 
-        from flows.console import print_summary, progress_bar
-        from flows.generate import generate_images
-        from flows.summary import summary_of
+        from flashgen.flows.console import print_summary, progress_bar
+        from flashgen.flows.generate import generate_images
+        from flashgen.flows.summary import summary_of
 
         with progress_bar():
             state = asyncio.run(generate_images(source=str(DEMO_PROMPTS), return_state=True))
@@ -103,7 +103,7 @@ async def ensure_api_limit(name: str, limit: int) -> None:
     """The shared API limit, exactly as `flashgen provision` creates it."""
     from prefect.client.orchestration import get_client
 
-    from infra.provision import ensure_limit
+    from flashgen.infra.provision import ensure_limit
 
     async with get_client() as client:
         await ensure_limit(client, name, limit=limit)

@@ -1,6 +1,6 @@
 """The least-privilege IAM policy for flashgen's workers (shown in infra/PRODUCTION.md).
 
-    python -m infra.iam images-prod flashgen [KMS_KEY_ARN] > flashgen-worker-policy.json
+    python -m flashgen.infra.iam images-prod flashgen [KMS_KEY_ARN] > flashgen-worker-policy.json
 """
 
 from __future__ import annotations
@@ -39,5 +39,5 @@ def least_privilege_policy(bucket: str, prefix: str, kms_key_arn: str | None = N
 
 if __name__ == "__main__":
     if len(sys.argv) not in (3, 4):
-        sys.exit("usage: python -m infra.iam BUCKET PREFIX [KMS_KEY_ARN]")
+        sys.exit("usage: python -m flashgen.infra.iam BUCKET PREFIX [KMS_KEY_ARN]")
     print(json.dumps(least_privilege_policy(*sys.argv[1:]), indent=2))

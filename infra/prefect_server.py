@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from infra.stack import free_port
+from flashgen.infra.stack import free_port
 
 
 class PrefectServer:

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, field
 
 from flashgen.settings import DEFAULT_TOKEN_BLOCK, Settings
 from flashgen.storage import SSE_ALGORITHMS, Store, make_client
-from flows.generate import SUBMIT_RATE_LIMIT
+from flashgen.flows.generate import SUBMIT_RATE_LIMIT
 
 AUTOMATIONS_FILE = Path(__file__).resolve().parent.parent / "deployments" / "automations.yaml"
 WORK_POOL = "flashgen-process"

@@ -71,7 +71,7 @@ class MotoS3:
 
 
 if __name__ == "__main__":
-    # `python -m infra.stack --port P`: moto's S3 server as its own process, atomic puts.
+    # `python -m flashgen.infra.stack --port P`: moto's S3 server as its own process, atomic puts.
     parser = argparse.ArgumentParser(description="moto's S3 server with atomic conditional puts")
     parser.add_argument("--port", type=int, default=5000)
     with MotoS3(parser.parse_args().port) as s3:

@@ -2,7 +2,7 @@
 
 Each task is thin: ``flashgen.ledger`` decides what may be paid for, the client talks to
 the API, the store writes S3; the task adds Prefect's retries (transient errors only, see
-``tasks.policy``) and a run name that says which line it works on. ``Steps.for_settings``
+``flashgen.tasks.policy``) and a run name that says which line it works on. ``Steps.for_settings``
 binds the run's settings (timeouts, retry delay) to the tasks once per flow run.
 
 What a task run costs (``python -m bench --only taskruns``, on the bench's 2-core machine,
@@ -45,8 +45,8 @@ from flashgen.models import CancelOutcome, JobState
 from flashgen.records import ImageRecord, Timings
 from flashgen.settings import Settings
 from flashgen.sources import Item
-from tasks.context import BatchContext
-from tasks.policy import task_options
+from flashgen.tasks.context import BatchContext
+from flashgen.tasks.policy import task_options
 
 
 class Submission(BaseModel):

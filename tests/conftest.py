@@ -25,7 +25,7 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from flashgen.storage import Store
-from infra.stack import FAKE_AWS, MotoS3, free_port, make_moto_puts_atomic
+from flashgen.infra.stack import FAKE_AWS, MotoS3, free_port, make_moto_puts_atomic
 
 @pytest.fixture(scope="session")
 def prefect_server():
@@ -38,7 +38,7 @@ def prefect_server():
 
 @pytest.fixture
 def moto_atomic_puts():
-    """Conditional puts decided atomically, as S3 decides them (see infra.stack)."""
+    """Conditional puts decided atomically, as S3 decides them (see flashgen.infra.stack)."""
     make_moto_puts_atomic()
 
 

@@ -266,7 +266,7 @@ async def test_artifacts_link_the_gallery_and_show_the_first_images(prefect_serv
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.views import publish_view_artifacts
+    from flashgen.flows.views import publish_view_artifacts
 
     batch = write_batch(store, "Spring_Campaign.v2", WHEN)
     views = publish_batch_views(store, batch.batch_id, batch.rows, records=batch.records,

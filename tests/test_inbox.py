@@ -10,8 +10,8 @@ import pytest
 from prefect.events import Event
 
 from flashgen.storage import Store
-from flows.events import PROMPTS_UPLOADED
-from flows.inbox import InboxWatcher, Outcome
+from flashgen.flows.events import PROMPTS_UPLOADED
+from flashgen.flows.inbox import InboxWatcher, Outcome
 
 BUCKET = "flashgen-test"  # tests/conftest.py's ``store``: this bucket, prefix "fg"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import json
 import re
 from datetime import UTC, datetime
@@ -24,10 +26,10 @@ from prefect.server.utilities.user_templates import (
 )
 from pydantic import SecretStr
 
-from flows.events import BATCH_FAILED, PROMPTS_UPLOADED
-from flows.inbox import InboxFile
-from infra.iam import least_privilege_policy
-from infra.provision import (
+from flashgen.flows.events import BATCH_FAILED, PROMPTS_UPLOADED
+from flashgen.flows.inbox import InboxFile
+from flashgen.infra.iam import least_privilege_policy
+from flashgen.infra.provision import (
     SLACK_BLOCK,
     WEBHOOK_BLOCK,
     Outcome,
@@ -114,7 +116,7 @@ async def test_provision_updates_only_what_differs(prefect_server, s3):
 async def test_without_alert_blocks_alerts_are_skipped_not_half_made(prefect_server):
     """A first provision with no alert target says so rather than making an automation
     that notifies nobody. (Alert blocks made by an earlier run are reused.)"""
-    from infra.provision import ensure_automation
+    from flashgen.infra.provision import ensure_automation
 
     specs = {s["name"]: s for s in load_automation_specs()}
     async with get_client() as client:
@@ -223,8 +225,9 @@ def test_every_deployment_names_pool_tags_and_a_concurrency_limit(deployments):
         assert "flashgen" in d["tags"], name
         assert d["concurrency_limit"]["limit"] >= 1, name
         assert d["concurrency_limit"]["collision_strategy"] in ("ENQUEUE", "CANCEL_NEW"), name
+        # A module path, not a file: a worker needs the installed package, not this checkout.
         module, _, function = d["entrypoint"].partition(":")
-        assert (ROOT / module).is_file() and function, name
+        assert callable(getattr(importlib.import_module(module), function)), name
     cron = deployments["scheduled-content"]["schedules"][0]
     assert cron["cron"] and cron["timezone"] == "Europe/Berlin"
     assert "{date}" in (ROOT / deployments["scheduled-content"]["parameters"]["source"]).read_text()
@@ -235,7 +238,7 @@ def test_every_deployment_names_pool_tags_and_a_concurrency_limit(deployments):
 
 def test_an_on_demand_run_given_only_prompts_runs_only_those(deployments, tmp_path):
     from flashgen.options import BatchOptions
-    from flows.generate import _rows
+    from flashgen.flows.generate import _rows
 
     # What the server passes: the deployment's parameters, overridden by the run's.
     parameters = {**deployments["on-demand"]["parameters"], "prompts": ["a fox", "an owl"]}

@@ -7,7 +7,7 @@ import pytest
 from flashgen.errors import StorageError
 from flashgen.ledger import ItemRef, Journal, Ledger
 from flashgen.storage import S3_ATTEMPTS, Store
-from infra.stack import FAKE_AWS
+from flashgen.infra.stack import FAKE_AWS
 from tests.faults.s3proxy import S3FaultProxy
 
 pytestmark = pytest.mark.slow  # botocore's real backoff: about ten seconds

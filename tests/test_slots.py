@@ -27,8 +27,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.slots import ApiSlots
-from infra.prefect_server import PrefectServer
+from flashgen.flows.slots import ApiSlots
+from flashgen.infra.prefect_server import PrefectServer
 
 REPO = Path(__file__).resolve().parents[1]
 JOB_SECONDS = 0.3
@@ -200,9 +200,9 @@ async def test_a_slot_given_back_while_its_renewal_is_on_the_wire_is_not_lost(
     """A renewal pass takes its list of leases, then awaits the server; a job that ends
     meanwhile gives its slot back, and the renewal answers 410 for a lease that is simply
     gone. That is no expired lease: seen at 10,000 images as false warnings."""
-    import flows.slots
+    import flashgen.flows.slots
 
-    monkeypatch.setattr(flows.slots, "RENEW_EVERY", 0.05)
+    monkeypatch.setattr(flashgen.flows.slots, "RENEW_EVERY", 0.05)
     log = logging.getLogger("test.slots.renewal")
     with caplog.at_level(logging.WARNING, logger=log.name):
         async with ApiSlots(await new_limit(1), wanted=1, logger=log) as slots:
@@ -226,7 +226,7 @@ async def test_a_slot_given_back_while_its_renewal_is_on_the_wire_is_not_lost(
 
 HOLD_SLOTS_FOREVER = textwrap.dedent("""
     import asyncio, sys
-    from flows.slots import ApiSlots
+    from flashgen.flows.slots import ApiSlots
 
     async def main(name):
         async with ApiSlots(name, wanted=2) as slots:

@@ -22,7 +22,7 @@ from flashgen.records import (
     Timings,
 )
 from flashgen.settings import Settings
-from infra.stack import free_port
+from flashgen.infra.stack import free_port
 from flashgen.storage import Layout, Store, extension_for, parse_s3_uri
 
 WHEN = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)

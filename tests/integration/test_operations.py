@@ -31,7 +31,7 @@ import pytest
 import yaml
 from botocore.config import Config
 
-from infra.stack import FAKE_AWS, free_port
+from flashgen.infra.stack import FAKE_AWS, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -213,7 +213,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             **clean, "PREFECT_HOME": str(tmp / "server-home"), "PREFECT_UI_URL": ui,
             "PREFECT_API_DATABASE_CONNECTION_URL":
                 f"postgresql+asyncpg://{PGUSER}@127.0.0.1:5432/{database}"})
-        moto = s.start("moto-s3", [PYTHON, "-m", "infra.stack", "--port", str(ports["s3"])],
+        moto = s.start("moto-s3", [PYTHON, "-m", "flashgen.infra.stack", "--port", str(ports["s3"])],
                        clean)
         s.start("emulator", [PYTHON, "-m", "flashgen.cli", "emulator", "--host", "127.0.0.1",
                              "--port", str(ports["emulator"]), "--workers", "8",

@@ -3,7 +3,7 @@
 Prefect links every task result, and each of its fields, to its task run's state for the
 flow run's whole life (``prefect.utilities.engine.link_state_to_result``): four tasks per
 image left 11 states per image behind, the largest part of a 10,000-image run's memory.
-``tasks.generation.forget`` drops them as each item ends.
+``flashgen.tasks.generation.forget`` drops them as each item ends.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.context import FlowRunContext
 
 from flashgen.options import BatchOptions
-from flows.generate import run_batch
+from flashgen.flows.generate import run_batch
 
 
 async def test_no_task_state_stays_linked_once_the_items_have_ended(pipeline, emulator):

@@ -12,8 +12,8 @@ from flashgen.emulator import EmulatorConfig
 from flashgen.errors import BatchFailedError
 from flashgen.models import DEFAULT_MODEL, fingerprint, validate_inputs
 from flashgen.records import ImageRecord, ItemState, LedgerEntry, LedgerState
-from flows.generate import generate_images
-from flows.summary import summary_of
+from flashgen.flows.generate import generate_images
+from flashgen.flows.summary import summary_of
 from tests.pipeline.conftest import TOKEN
 
 PROMPTS = ["a red fox in snow", "an owl at dusk", "a lighthouse in fog"]

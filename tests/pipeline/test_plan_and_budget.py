@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from flashgen.errors import AuthenticationError, BudgetError
-from flows.console import print_plan
-from flows.generate import generate_images
-from flows.summary import summary_of
+from flashgen.flows.console import print_plan
+from flashgen.flows.generate import generate_images
+from flashgen.flows.summary import summary_of
 
 ROWS = "\n".join([
     "prompt,seed,aspect_ratio",

@@ -8,7 +8,7 @@ from prefect import flow
 from flashgen.options import BatchOptions
 from flashgen.records import ImageRecord
 from flashgen.settings import get_settings
-from flows.generate import run_batch
+from flashgen.flows.generate import run_batch
 
 
 async def _run(settings, prompt: str):
