@@ -1,6 +1,6 @@
 """What one Prefect task run costs, measured the way flashgen runs its steps: async tasks
-with flashgen's task options (``flashgen.tasks.policy``), awaited by a fixed number of workers inside
-one flow, against the bench's real ``prefect server`` on PostgreSQL. The task does nothing,
+with flashgen's task options (``flashgen.tasks.policy``), awaited by a fixed number of workers
+inside one flow, against the bench's real ``prefect server`` on PostgreSQL. The task does nothing,
 so every figure is Prefect's own: CPU in the flow process, CPU in the server and its
 database (until it has recorded every task run), and the rows each task run adds to the
 server's database. flashgen runs four such tasks per image (submit, wait until complete,

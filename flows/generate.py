@@ -422,7 +422,8 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
         log.error("line %s failed: %s", item.line, exc)
         return _done(row, began, ItemState.FAILED, f"{type(exc).__name__}: {exc}")
     finally:
-        forget(sent, finished, files, stored)  # bounded memory: see flashgen.tasks.generation.forget
+        # Bounded memory: see flashgen.tasks.generation.forget.
+        forget(sent, finished, files, stored)
 
 
 def _row(item: Item, state: ItemState, reason: str | None) -> ManifestRow:

@@ -42,7 +42,8 @@ def run_demo(*, out: Path, job_time: float, concurrency: int) -> int:
     env.update(PREFECT_HOME=str(out / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="true",
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "flashgen.infra.demo", str(out), str(job_time), str(concurrency)]
+    command = [sys.executable, "-m", "flashgen.infra.demo",
+               str(out), str(job_time), str(concurrency)]
     code = subprocess.call(command, env=env)
     if code == SERVER_DID_NOT_START:
         print("Prefect's temporary server did not start in time; trying once more", flush=True)

@@ -213,7 +213,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             **clean, "PREFECT_HOME": str(tmp / "server-home"), "PREFECT_UI_URL": ui,
             "PREFECT_API_DATABASE_CONNECTION_URL":
                 f"postgresql+asyncpg://{PGUSER}@127.0.0.1:5432/{database}"})
-        moto = s.start("moto-s3", [PYTHON, "-m", "flashgen.infra.stack", "--port", str(ports["s3"])],
+        moto = s.start("moto-s3",
+                       [PYTHON, "-m", "flashgen.infra.stack", "--port", str(ports["s3"])],
                        clean)
         s.start("emulator", [PYTHON, "-m", "flashgen.cli", "emulator", "--host", "127.0.0.1",
                              "--port", str(ports["emulator"]), "--workers", "8",
