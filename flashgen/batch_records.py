@@ -37,8 +37,20 @@ def read_records(
 
     A record that is missing or unreadable is a StorageError: the manifest says it exists.
     """
+    return read_record_uris(store, (r.metadata_uri for r in rows if r.metadata_uri), known,
+                            max_workers=max_workers)
+
+
+def read_record_uris(
+    store: Store,
+    uris: Iterable[str],
+    known: Mapping[str, ImageRecord] | None = None,
+    *,
+    max_workers: int = MAX_PARALLEL_READS,
+) -> dict[str, ImageRecord]:
+    """The records at ``uris``, keyed by URI; ``known`` ones are not re-read."""
     known = known or {}
-    wanted = list(dict.fromkeys(r.metadata_uri for r in rows if r.metadata_uri))
+    wanted = list(dict.fromkeys(uris))
     missing = [uri for uri in wanted if uri not in known]
     records = {uri: known[uri] for uri in wanted if uri in known}
     if missing:
@@ -48,6 +60,24 @@ def read_records(
                                    strict=True):
                 records[uri] = record
     return records
+
+
+def record_uris(row: ManifestRow) -> list[str]:
+    """The record of each of the row's images, in output order.
+
+    The manifest names the first; output ``i`` has its record beside it, ``-i`` added to
+    the name, as ``Layout.metadata`` writes it:
+
+    >>> row = ManifestRow(state="stored", metadata_uri="s3://b/p/metadata/2025/01/02/f.json",
+    ...                   image_uris=["s3://b/p/images/2025/01/02/f.png",
+    ...                               "s3://b/p/images/2025/01/02/f-1.png"])
+    >>> record_uris(row)
+    ['s3://b/p/metadata/2025/01/02/f.json', 's3://b/p/metadata/2025/01/02/f-1.json']
+    """
+    if not row.metadata_uri:
+        return []
+    stem = row.metadata_uri.removesuffix(".json")
+    return [row.metadata_uri, *(f"{stem}-{i}.json" for i in range(1, len(row.image_uris)))]
 
 
 def _read(store: Store, uri: str) -> ImageRecord:

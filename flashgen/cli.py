@@ -207,20 +207,18 @@ def batch(
 def _run_flow(flow: Any, **params: Any) -> Any:
     """Run a flow in this process with a progress bar and print its table.
 
-    Exits 2 on bad input and 1 when the flow failed before it had a summary; otherwise
-    returns the summary (whose ``ok`` says whether the batch succeeded).
+    The same path as ``flashgen.generate`` (``flashgen.api.run_flow``). Exits 2 on bad
+    input and 1 when the flow failed before it had a summary; otherwise returns the
+    summary (whose ``ok`` says whether the batch succeeded).
     """
+    from flashgen.api import run_flow, run_sync
     from flashgen.flows.console import print_plan, print_summary, progress_bar
-    from flashgen.flows.summary import summary_of
 
-    with progress_bar():
-        state = asyncio.run(flow(**params, return_state=True))
     try:
-        summary = summary_of(state.result(raise_on_failure=False))
-    except Exception as exc:  # the flow failed before it had a summary
-        _fail(exc)
-    if isinstance(summary, BaseException):
-        _fail(summary, 2 if isinstance(summary, InputError) else 1)
+        with progress_bar():
+            summary = run_sync(run_flow(flow, **params))
+    except Exception as exc:  # refused, or failed before it had a summary
+        _fail(exc, 2 if isinstance(exc, InputError) else 1)
     if summary.dry_run:
         print_plan(summary)
         return summary

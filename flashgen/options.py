@@ -32,7 +32,7 @@ class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: str | None = None
-    prompts: list[str] | None = None
+    prompts: list[str | dict[str, Any]] | None = None  # a prompt, or a row of input fields
     defaults: dict[str, Any] | None = None
     model_id: str = DEFAULT_MODEL
     bucket: str | None = None

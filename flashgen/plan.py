@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from pydantic import BaseModel
@@ -82,19 +83,26 @@ class RunPlan(BaseModel):
         ]
 
 
+class Stored(NamedTuple):
+    """Where an item already stored is: its first record and its images (the ledger's)."""
+
+    record_uri: str | None
+    image_uris: tuple[str, ...]
+
+
 def census(store: Store, items: Iterable[Item], *, force: bool = False,
-           resubmit_ambiguous: bool = False) -> tuple[Counter[str], set[str]]:
-    """Ledger states of ``items`` (counted) and the fingerprints already stored.
+           resubmit_ambiguous: bool = False) -> tuple[Counter[str], dict[str, Stored]]:
+    """Ledger states of ``items`` (counted) and the items already stored, by fingerprint.
 
     Reads at most ``LEDGER_READERS`` entries at a time, whatever the number of items.
     """
     counts: Counter[str] = Counter()
-    stored: set[str] = set()
+    stored: dict[str, Stored] = {}
     for item, found in _bounded_map(store.read_ledger, items, LEDGER_READERS):
         state = found[0].state if found else None
         if state == LedgerState.STORED and not force:
             counts["stored"] += 1
-            stored.add(item.fingerprint)
+            stored[item.fingerprint] = Stored(found[0].record_uri, tuple(found[0].image_uris))
         elif state == LedgerState.SUBMITTED and found and found[0].request_id:
             counts["in_flight"] += 1
         elif state in (LedgerState.AMBIGUOUS, LedgerState.SENDING, LedgerState.CLAIMED) and (

@@ -105,8 +105,13 @@ class Duplicate(BaseModel):
 # --- reading ------------------------------------------------------------------------
 
 
-def rows_from_prompts(prompts: Iterable[str]) -> list[Row]:
-    return [Row(line=n, fields={"prompt": p}) for n, p in enumerate(prompts, start=1)]
+def rows_from_prompts(prompts: Iterable[str | dict[str, Any]]) -> list[Row]:
+    """Inline rows: each a prompt, or an object of input fields (as a JSONL line would be).
+
+    >>> [r.fields for r in rows_from_prompts(["a fox", {"prompt": "a cat", "seed": 7}])]
+    [{'prompt': 'a fox'}, {'prompt': 'a cat', 'seed': 7}]
+    """
+    return [_row(n, value) for n, value in enumerate(prompts, start=1)]
 
 
 class RowSource:

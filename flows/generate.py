@@ -54,7 +54,7 @@ from flashgen.ledger import Action, Journal, Ledger
 from flashgen.manifest import ManifestSpool
 from flashgen.models import DEFAULT_MODEL
 from flashgen.options import BatchOptions
-from flashgen.plan import RunPlan, census
+from flashgen.plan import RunPlan, Stored, census
 from flashgen.records import ImageRecord, ItemState, ManifestRow, Timings
 from flashgen.settings import Settings, get_settings, resolve_token
 from flashgen.sources import (
@@ -92,7 +92,7 @@ def _default_batch_id() -> str:
 @flow(name="generate-images", flow_run_name=_run_name, log_prints=True)
 async def generate_images(
     source: str | None = None,
-    prompts: list[str] | None = None,
+    prompts: list[str | dict[str, Any]] | None = None,
     defaults: dict[str, Any] | None = None,
     model_id: str = DEFAULT_MODEL,
     bucket: str | None = None,
@@ -112,7 +112,8 @@ async def generate_images(
 
     Args:
         source: a prompt file (CSV, JSONL, JSON or YAML), local path or ``s3://`` URI.
-        prompts: prompts given inline (with or without ``source``).
+        prompts: rows given inline (with or without ``source``): each a prompt, or an
+            object of input fields such as ``{"prompt": ..., "seed": 7}``.
         defaults: input fields for every row; may hold ``seeds``, ``variations``,
             ``aspect_ratios`` or ``vars`` to expand each row into several images.
         model_id: the RunComfy model; the default model's inputs are validated exactly.
@@ -241,7 +242,7 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
 
 async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
                      rows: list[Row] | None, workdir: Path, batch_id: str, run_date: str
-                     ) -> tuple[BatchPlan, RunPlan, set[str]]:
+                     ) -> tuple[BatchPlan, RunPlan, dict[str, Stored]]:
     """Every row read and checked, the bucket probed, the ledger read: what the run will do,
     logged, published and held against the budget, before anything is paid for."""
     log = get_run_logger()
@@ -345,7 +346,7 @@ async def _check_token(client: RunComfyClient) -> None:
     # Any other answer (an emulator or API that knows the id): the token was accepted.
 
 
-async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: set[str],
+async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: dict[str, Stored],
                      manifest: ManifestSpool, records: dict[str, ImageRecord],
                      slots: ApiSlots) -> None:
     """Run every item through a bounded pool of workers; each job holds one API slot.
@@ -365,7 +366,9 @@ async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: set[str],
     async def worker() -> None:
         for item in items:  # one shared iterator: each worker takes the next item
             if item.fingerprint in stored:
-                row = _row(item, ItemState.SKIPPED, "already stored")
+                found = stored[item.fingerprint]
+                row = _row(item, ItemState.SKIPPED, "already stored").model_copy(update={
+                    "image_uris": list(found.image_uris), "metadata_uri": found.record_uri})
             else:
                 row = await _run_item(ctx, steps, item, slots, submit_limit is not None,
                                       records)
