@@ -132,6 +132,9 @@ def generate(prompts: list[str | dict[str, Any]] | None = None, *,
              url_ttl: int | None = None) -> BatchResult:
     """Generate images into S3 and return them; blocks until the batch has ended.
 
+    Pays for one RunComfy submission per item that is not already stored (none with
+    ``dry_run``); a rerun pays only for what is missing.
+
     Works in a plain script, inside a running event loop (a Jupyter cell: the batch runs on
     its own loop in a worker thread), and inside a Prefect flow, as a subflow of its run.
 
@@ -191,7 +194,8 @@ async def agenerate(prompts: list[str | dict[str, Any]] | None = None, *,
                     max_cost: float | None = None,
                     raise_on_failure: bool = True,
                     url_ttl: int | None = None) -> BatchResult:
-    """``generate``, awaited: the same arguments, costs and result."""
+    """``generate``, awaited: the same arguments, result and cost (one paid submission per
+    item not already stored; none with ``dry_run``)."""
     from flashgen.flows.generate import generate_images  # Prefect loads only when called
 
     params = dict(source=source, prompts=prompts, defaults=defaults, model_id=model_id,

@@ -7,6 +7,7 @@ opened over HTTP, are in tests/test_packaging.py."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -109,3 +110,14 @@ async def test_generate_in_a_sync_flow_and_agenerate_in_an_async_flow_are_subflo
     for parent_id, result in (await asyncio.to_thread(sync_pipeline), await async_pipeline()):
         assert result.stored == 1
         assert await _parent_of(result.flow_run_id) == parent_id
+
+
+def test_the_readme_example_runs_as_written(pipeline, emulator, capsys):
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Use from Python", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(example, "README.md (Use from Python)", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["1", "stored"], ["2", "stored"]]
+    assert lines[1].split()[2:4] == ["810", "1440"]  # 9:16
+    assert emulator.stats()["submissions"] == 2
