@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Coroutine
+import functools
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 
@@ -43,11 +44,12 @@ from flashgen.batch_records import read_record_uris, record_uris
 from flashgen.errors import BatchFailedError, FlashgenError, InputError
 from flashgen.models import DEFAULT_MODEL
 from flashgen.options import BatchOptions
-from flashgen.plan import RunPlan
+from flashgen.outcome import BatchOutcome
 from flashgen.records import ImageRecord, ItemState, ManifestRow
 from flashgen.settings import get_settings
 from flashgen.storage import Store
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 
@@ -77,31 +79,11 @@ class ItemResult(BaseModel):
     images: list[StoredImage] = []  # one per stored output (stored and skipped-as-stored items)
 
 
-class BatchResult(BaseModel):
-    """What ``flashgen.generate`` returns: the counts, every item, and where the batch is."""
+class BatchResult(BatchOutcome):
+    """What ``flashgen.generate`` returns: the counts, every input's item in input order
+    (none for a dry run), and where the batch is (``manifest_uri``, ``gallery_url``, ...)."""
 
-    batch_id: str
-    total: int = 0
-    stored: int = 0
-    skipped: int = 0
-    failed: int = 0
-    invalid: int = 0
     items: list[ItemResult] = []
-    failures: list[str] = []  # the first few "line N: reason"
-    max_failure_ratio: float = 0.0
-    manifest_uri: str | None = None
-    gallery_url: str | None = None  # presigned link to the batch's HTML gallery
-    catalog_uri: str | None = None  # the batch's Parquet file
-    flow_run_id: str | None = None
-    flow_run_url: str | None = None
-    dry_run: bool = False  # planned only: nothing was sent, ``items`` is empty
-    plan: RunPlan | None = None  # what the run set out to do, before it paid
-
-    @property
-    def ok(self) -> bool:
-        """No more items failed or were invalid than ``max_failure_ratio`` allows."""
-        bad = self.failed + self.invalid
-        return bad == 0 or bad / max(self.total, 1) <= self.max_failure_ratio
 
     def raise_for_failures(self) -> BatchResult:
         """Raise ``BatchFailedError`` (carrying this result) unless ``ok``; else return self."""
@@ -112,31 +94,29 @@ class BatchResult(BaseModel):
         return self
 
 
-def generate(prompts: list[str | dict[str, Any]] | None = None, *,
-             source: str | None = None,
-             defaults: dict[str, Any] | None = None,
-             model_id: str = DEFAULT_MODEL,
-             bucket: str | None = None,
-             prefix: str | None = None,
-             concurrency: int | None = None,
-             force: bool = False,
-             batch_id: str | None = None,
-             strict: bool = False,
-             max_failure_ratio: float = 0.0,
-             resubmit_ambiguous: bool = False,
-             run_date: str | None = None,
-             dry_run: bool = False,
-             max_items: int | None = None,
-             max_cost: float | None = None,
-             raise_on_failure: bool = True,
-             url_ttl: int | None = None) -> BatchResult:
-    """Generate images into S3 and return them; blocks until the batch has ended.
+async def agenerate(prompts: list[str | dict[str, Any]] | None = None, *,
+                    source: str | None = None,
+                    defaults: dict[str, Any] | None = None,
+                    model_id: str = DEFAULT_MODEL,
+                    bucket: str | None = None,
+                    prefix: str | None = None,
+                    concurrency: int | None = None,
+                    force: bool = False,
+                    batch_id: str | None = None,
+                    strict: bool = False,
+                    max_failure_ratio: float = 0.0,
+                    resubmit_ambiguous: bool = False,
+                    run_date: str | None = None,
+                    dry_run: bool = False,
+                    max_items: int | None = None,
+                    max_cost: float | None = None,
+                    raise_on_failure: bool = True,
+                    url_ttl: int | None = None) -> BatchResult:
+    """Generate images into S3 and return them, once the batch has ended (``generate`` is
+    the same call, blocking).
 
     Pays for one RunComfy submission per item that is not already stored (none with
     ``dry_run``); a rerun pays only for what is missing.
-
-    Works in a plain script, inside a running event loop (a Jupyter cell: the batch runs on
-    its own loop in a worker thread), and inside a Prefect flow, as a subflow of its run.
 
     Args:
         prompts: the rows: each a prompt, or a dict of input fields (``prompt``,
@@ -167,35 +147,6 @@ def generate(prompts: list[str | dict[str, Any]] | None = None, *,
         The ``BatchResult``: counts, one ``ItemResult`` per input in input order, with its
         images' S3 URIs, links, sizes and SHA-256.
     """
-    return run_sync(agenerate(
-        prompts, source=source, defaults=defaults, model_id=model_id, bucket=bucket,
-        prefix=prefix, concurrency=concurrency, force=force, batch_id=batch_id,
-        strict=strict, max_failure_ratio=max_failure_ratio,
-        resubmit_ambiguous=resubmit_ambiguous, run_date=run_date, dry_run=dry_run,
-        max_items=max_items, max_cost=max_cost, raise_on_failure=raise_on_failure,
-        url_ttl=url_ttl))
-
-
-async def agenerate(prompts: list[str | dict[str, Any]] | None = None, *,
-                    source: str | None = None,
-                    defaults: dict[str, Any] | None = None,
-                    model_id: str = DEFAULT_MODEL,
-                    bucket: str | None = None,
-                    prefix: str | None = None,
-                    concurrency: int | None = None,
-                    force: bool = False,
-                    batch_id: str | None = None,
-                    strict: bool = False,
-                    max_failure_ratio: float = 0.0,
-                    resubmit_ambiguous: bool = False,
-                    run_date: str | None = None,
-                    dry_run: bool = False,
-                    max_items: int | None = None,
-                    max_cost: float | None = None,
-                    raise_on_failure: bool = True,
-                    url_ttl: int | None = None) -> BatchResult:
-    """``generate``, awaited: the same arguments, result and cost (one paid submission per
-    item not already stored; none with ``dry_run``)."""
     from flashgen.flows.generate import generate_images  # Prefect loads only when called
 
     params = dict(source=source, prompts=prompts, defaults=defaults, model_id=model_id,
@@ -211,6 +162,27 @@ async def agenerate(prompts: list[str | dict[str, Any]] | None = None, *,
         _result, summary, Store.from_settings(get_settings(), bucket=bucket, prefix=prefix),
         url_ttl or get_settings().gallery_url_ttl)
     return result.raise_for_failures() if raise_on_failure else result
+
+
+def blocking(function: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """``function``'s synchronous twin: the same parameters, run to its end by ``run_sync``."""
+
+    @functools.wraps(function)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run_sync(function(*args, **kwargs))
+
+    return call
+
+
+generate = blocking(agenerate)
+generate.__name__ = generate.__qualname__ = "generate"
+generate.__doc__ = """Generate images into S3 and return them; blocks until the batch has ended.
+
+Works in a plain script, inside a running event loop (a Jupyter cell: the batch runs on its
+own loop in a worker thread), and inside a Prefect flow, as a subflow of its run. The
+arguments, the result and what it pays are ``agenerate``'s: one RunComfy submission per item
+that is not already stored (none with ``dry_run``).
+"""
 
 
 async def run_flow(flow: Any, **params: Any) -> Any:
@@ -252,12 +224,7 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
 def _result(summary: Any, store: Store, url_ttl: int) -> BatchResult:
     """The flow's summary, with every input's row read from the batch's manifest and every
     stored image's record, and a link to open it."""
-    fields = dict(batch_id=summary.batch_id, total=summary.total, stored=summary.stored,
-                  skipped=summary.skipped, failed=summary.failed, invalid=summary.invalid,
-                  failures=summary.failures, max_failure_ratio=summary.max_failure_ratio,
-                  manifest_uri=summary.manifest_uri, gallery_url=summary.gallery_url,
-                  catalog_uri=summary.catalog_uri, flow_run_id=summary.flow_run_id,
-                  flow_run_url=summary.flow_run_url, dry_run=summary.dry_run, plan=summary.plan)
+    fields = {name: getattr(summary, name) for name in BatchOutcome.model_fields}
     if summary.dry_run or not summary.manifest_uri:
         return BatchResult(**fields)
     rows = sorted(store.read_manifest(summary.batch_id), key=lambda r: r.line or 0)

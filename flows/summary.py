@@ -6,48 +6,26 @@ from typing import Any
 
 from prefect.artifacts import acreate_table_artifact
 from prefect.events import emit_event
-from pydantic import BaseModel
-
 from flashgen.errors import BatchFailedError
-
 from flashgen.manifest import ManifestSpool
-from flashgen.plan import RunPlan
+from flashgen.outcome import BatchOutcome
 from flashgen.records import ItemState, ManifestRow
 from flashgen.flows.events import BATCH_COMPLETED, BATCH_FAILED
 
 FIRST_ERRORS = 5
 
 
-class BatchSummary(BaseModel):
-    batch_id: str
-    total: int = 0
-    stored: int = 0
-    skipped: int = 0
-    failed: int = 0
-    invalid: int = 0
-    image_uris: list[str] = []
-    manifest_uri: str | None = None
-    failures: list[str] = []  # "line N: reason", first few
-    flow_run_id: str | None = None
-    flow_run_url: str | None = None
-    deployment: str | None = None
-    max_failure_ratio: float = 0.0
-    rows: list[ManifestRow] = []  # one per input in line order (the first 1,000 of a batch)
-    plan: RunPlan | None = None  # what the run set out to do, before it paid
-    dry_run: bool = False  # planned only: nothing was sent
-    refused: str | None = None  # why the run stopped before sending anything (bad input)
-    gallery_url: str | None = None  # presigned link to the batch's HTML gallery
-    catalog_uri: str | None = None  # the batch's Parquet file in the catalog
+class BatchSummary(BatchOutcome):
+    """What the batch flow returns: the outcome, with the rows for its table and event."""
 
-    @property
-    def failure_ratio(self) -> float:
-        return (self.failed + self.invalid) / max(self.total, 1)
+    image_uris: list[str] = []
+    deployment: str | None = None
+    rows: list[ManifestRow] = []  # one per input in line order (the first 1,000 of a batch)
+    refused: str | None = None  # why the run stopped before sending anything (bad input)
 
     @property
     def ok(self) -> bool:
-        if self.refused:
-            return False
-        return (self.failed + self.invalid) == 0 or self.failure_ratio <= self.max_failure_ratio
+        return not self.refused and super().ok
 
     def describe(self) -> str:
         if self.refused:
