@@ -7,6 +7,8 @@
     FLASHGEN_BUCKET         S3 bucket for images, metadata, ledger and manifests
     FLASHGEN_PREFIX         key prefix inside the bucket (default "flashgen")
     AWS_ENDPOINT_URL        an S3-compatible endpoint (moto, MinIO, …); unset for AWS
+    FLASHGEN_INBOX_QUEUE    the SQS queue (name or URL) S3 tells of inbox uploads; `flashgen
+                            listen` reads it, `flashgen provision` makes it (flashgen-inbox)
     FLASHGEN_S3_SSE         server-side encryption: "AES256" or "aws:kms" (default none)
     FLASHGEN_S3_KMS_KEY_ID  the KMS key when FLASHGEN_S3_SSE is "aws:kms"
     FLASHGEN_API_CONCURRENCY        jobs queued or running at the API at once (default 4)
@@ -65,6 +67,7 @@ class Settings(BaseSettings):
     aws_endpoint_url: str | None = Field(
         None, validation_alias=AliasChoices("AWS_ENDPOINT_URL", "FLASHGEN_AWS_ENDPOINT_URL")
     )
+    inbox_queue: str = "flashgen-inbox"
     s3_sse: str | None = None
     s3_kms_key_id: str | None = None
     api_concurrency: int = Field(4, ge=1)

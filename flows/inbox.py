@@ -189,7 +189,7 @@ class InboxWatcher:
             if str(file.event_id) in handled:
                 report.known += 1
                 continue
-            outcome = (await self._announce(file) if file.is_prompt_file
+            outcome = (await self.announce(file) if file.is_prompt_file
                        else Outcome.IGNORED)
             report.add(outcome, file.uri)
             if outcome is not Outcome.BUSY:
@@ -202,7 +202,9 @@ class InboxWatcher:
         self._log_pass(report)
         return report
 
-    async def _announce(self, file: InboxFile) -> Outcome:
+    async def announce(self, file: InboxFile) -> Outcome:
+        """Send ``file``'s event unless a marker says it was sent or is being sent
+        (the sensor's passes and the listener, flashgen.flows.listen, share the markers)."""
         now = self.clock()
         marker = {"state": "claimed", "uri": file.uri, "etag": file.etag,
                   "event_id": str(file.event_id), "claimed_by": self.owner,
