@@ -121,7 +121,6 @@ class InboxListener:
         handled = 0
         for message in answer.get("Messages") or []:
             if await self._handle(message["Body"]):
-                failpoint("announced")
                 await asyncio.to_thread(self.sqs.delete_message, QueueUrl=self.queue_url,
                                         ReceiptHandle=message["ReceiptHandle"])
                 handled += 1
@@ -143,7 +142,9 @@ class InboxListener:
                          self.watcher.store.uri(self.inbox))
                 continue
             outcome = await self.watcher.announce(file)
-            if outcome is Outcome.BUSY:  # another listener or sensor is sending it now
+            if outcome in (Outcome.EMITTED, Outcome.RECOVERED):
+                failpoint("announced")  # sent, and the message not yet deleted
+            elif outcome is Outcome.BUSY:  # another listener or sensor is sending it now
                 done = False
             elif outcome is Outcome.SEEN:
                 log.info("%s was already announced (event %s)", file.uri, file.event_id)
