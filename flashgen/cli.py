@@ -288,7 +288,13 @@ def listen(
     if not get_current_settings().api.url:
         _fail(InputError("PREFECT_API_URL is not set: point it at the Prefect server whose "
                          "inbox deployment the events start"), 2)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Its own handler: Prefect's logging setup owns the root logger (at WARNING).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log = logging.getLogger("flashgen.listen")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     settings = get_settings()
     store = Store.from_settings(settings, bucket=bucket, prefix=prefix)
     sqs = boto3.client("sqs", endpoint_url=settings.aws_endpoint_url)
