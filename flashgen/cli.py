@@ -93,8 +93,12 @@ def _call(method: str, request_id: str) -> Any:
         async with RunComfyClient.from_settings(settings, token) as client:
             return await getattr(client, method)(request_id)
 
+    from flashgen.errors import AuthenticationError
+
     try:
         return asyncio.run(go())
+    except (InputError, AuthenticationError) as exc:  # refused: a bad id, a bad token
+        _fail(exc, 2)
     except FlashgenError as exc:
         _fail(exc)
 
