@@ -52,7 +52,7 @@ from flashgen.errors import (
 from flashgen.failpoints import failpoint
 from flashgen.ledger import Action, Journal, Ledger
 from flashgen.manifest import ManifestSpool
-from flashgen.models import DEFAULT_MODEL, validate_inputs
+from flashgen.models import DEFAULT_MODEL, unchecked_model_note, validate_inputs
 from flashgen.options import BatchOptions
 from flashgen.plan import RunPlan, census
 from flashgen.records import ImageRecord, ItemState, ManifestRow, Timings
@@ -261,6 +261,8 @@ async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
         defaults=options.defaults, model_id=options.model_id, variables={"date": run_date})
     if plan.rows == 0:
         raise InputError("source: no rows to generate in it", field="source")
+    if note := unchecked_model_note(options.model_id):
+        log.warning(note)
     _report_rows(plan, options.strict)
     await asyncio.to_thread(store.check_writable)
     counts, stored = await asyncio.to_thread(
