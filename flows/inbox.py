@@ -1,9 +1,12 @@
 """The inbox sensor: one ``flashgen.prompts.uploaded`` event per prompt file that lands.
 
-Prefect's self-hosted server has no webhooks, so flashgen watches S3 itself. Other systems
-drop prompt files (CSV, JSONL, JSON, YAML) anywhere under ``<prefix>/inbox/``; every pass of
-``watch_inbox`` (deployment ``inbox-sensor``, each minute) announces the new ones, and the
-``inbox`` deployment's trigger starts generate-images on each file's ``s3://`` URI.
+Other systems drop prompt files (CSV, JSONL, JSON, YAML) anywhere under
+``<prefix>/inbox/``, and the ``inbox`` deployment's trigger starts generate-images on each
+file's ``s3://`` URI. By default ``flashgen listen`` (flashgen.flows.listen) hears of
+uploads from S3's notifications; this listing sensor is the fallback for stores without
+them: every pass of ``watch_inbox`` (deployment ``inbox-sensor``, each minute once its
+schedule is turned on) announces the new files. Both announce through ``announce`` and
+the markers below, so they agree on what was sent.
 
 State, under the same prefix::
 
