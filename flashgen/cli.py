@@ -277,7 +277,8 @@ def listen(
 
     A long-lived process (systemd, a Kubernetes Deployment): it reads the SQS queue that
     `flashgen provision` points the bucket's notifications at, and the inbox deployment's
-    trigger starts a batch on each new prompt file. Stops cleanly on SIGTERM or Ctrl-C.
+    trigger starts a batch on each new prompt file. On SIGTERM or Ctrl-C it finishes its
+    current poll (at most --wait-seconds) and the files it brought, then exits.
     """
     import logging
     import signal

@@ -90,20 +90,13 @@ class InboxListener:
         self.inbox = store.layout.below(watcher.inbox)  # <prefix>/inbox/
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set. A stop lets the current long poll end (at most
+        ``wait_seconds``) and its messages be handled: nothing is cut off half-announced."""
         log.info("listening on %s for prompt files under %s", self.queue_url,
                  self.watcher.store.uri(self.inbox))
         while not stop.is_set():
-            receive = asyncio.ensure_future(self.receive_once())
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({receive, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if not receive.done():
-                # Stopping mid-poll: the poll's thread ends within wait_seconds; any message
-                # it brings is not handled, so SQS gives it out again after its timeout.
-                receive.cancel()
-                break
-            stopped.cancel()
             try:
-                receive.result()
+                await self.receive_once()
             except Exception as exc:  # SQS or the Prefect server unreachable: try again
                 log.warning("receive from %s failed: %s; trying again in 5 s", self.queue_url,
                             exc)

@@ -400,6 +400,8 @@ def test_the_listener_starts_one_inbox_run_per_upload_even_when_killed_before_de
     assert "already announced" in second.log.read_text(), second.tail()
     done = stack.finished(run["id"])
     assert done["state_type"] == "COMPLETED", (done["state"], stack.logs())
+    started = (datetime.fromisoformat(done["start_time"]) - uploaded_at).total_seconds()
+    print(f"listener: upload to flow run running in {started:.2f} s (workers poll each 1 s)")
     assert sorted(r["prompt"] for r in manifest(stack, run["parameters"]["batch_id"])) == sorted(
         prompts)
     assert [e["payload"]["uri"] for e in _events(stack, "flashgen.prompts.uploaded")
