@@ -189,15 +189,19 @@ async def run_flow(flow: Any, **params: Any) -> Any:
     """Run one of flashgen's batch flows and return its ``BatchSummary``; the one path the
     Python API and the CLI share.
 
-    Options are checked first (``InputError`` before Prefect starts). A run refused before
-    it sent anything raises what refused it (``InputError``, ``AuthenticationError``); a
-    run that failed before it had a summary raises its error. A batch whose items failed
-    returns its summary, whose ``ok`` is False.
+    Options are checked first (``InputError`` before Prefect starts); Prefect's temporary
+    server, when no ``PREFECT_API_URL`` is set, is given a busy machine's patience
+    (``flashgen.flows.temporary_server``). A run refused before it sent anything raises
+    what refused it (``InputError``, ``AuthenticationError``); a run that failed before it
+    had a summary raises its error. A batch whose items failed returns its summary, whose
+    ``ok`` is False.
     """
     from flashgen.flows.summary import summary_of
+    from flashgen.flows.temporary_server import start_temporary_server
 
     if flow.name == "generate-images":  # its options (the one-image flow checks its own)
         BatchOptions.parse(**params)
+    await asyncio.to_thread(start_temporary_server)  # unless PREFECT_API_URL names one
     state = await flow(**params, return_state=True)
     outcome = summary_of(await state.aresult(raise_on_failure=False))
     if isinstance(outcome, BaseException):

@@ -6,7 +6,8 @@
     flashgen generate "a red fox" --aspect-ratio 9:16
     flashgen batch prompts.csv --bucket my-bucket --concurrency 8
     flashgen demo                          the whole job on a local stack
-    flashgen provision                     bucket, limits, pool, blocks, automations
+    flashgen provision                     bucket, inbox queue, limits, pool, blocks, automations
+    flashgen listen                        S3 uploads to the inbox → flashgen.prompts.uploaded
     flashgen ledger list|show|resolve      what was paid for, and settling ambiguous items
     flashgen gallery BATCH_ID [--out DIR]  the batch's gallery: a presigned link, a local copy
     flashgen catalog rebuild               the Parquet catalog of every batch in the bucket
@@ -92,8 +93,12 @@ def _call(method: str, request_id: str) -> Any:
         async with RunComfyClient.from_settings(settings, token) as client:
             return await getattr(client, method)(request_id)
 
+    from flashgen.errors import AuthenticationError
+
     try:
         return asyncio.run(go())
+    except (InputError, AuthenticationError) as exc:  # refused: a bad id, a bad token
+        _fail(exc, 2)
     except FlashgenError as exc:
         _fail(exc)
 
@@ -135,12 +140,16 @@ def generate(
     force: Annotated[bool, typer.Option(help="Generate again even if stored.")] = False,
 ) -> None:
     """Generate one image into S3 (runs the generate-image flow)."""
-    from flashgen.flows.generate import generate_image
+    from flashgen.flows.generate import generate_image, image_inputs
 
-    summary = _run_flow(generate_image, prompt=prompt, negative_prompt=negative_prompt,
-                        aspect_ratio=aspect_ratio, seed=seed,
-                        prompt_extend=False if no_magic_prompt else None, model_id=model,
-                        bucket=bucket, prefix=prefix, force=force)
+    given = dict(prompt=prompt, negative_prompt=negative_prompt, aspect_ratio=aspect_ratio,
+                 seed=seed, prompt_extend=False if no_magic_prompt else None)
+    try:  # the flow checks again; this fails before Prefect starts
+        image_inputs(model, **given)
+    except InputError as exc:
+        _fail(exc, 2)
+    summary = _run_flow(generate_image, **given, model_id=model, bucket=bucket, prefix=prefix,
+                        force=force)
     if not summary.ok:
         raise typer.Exit(1)
 
@@ -207,18 +216,24 @@ def batch(
 def _run_flow(flow: Any, **params: Any) -> Any:
     """Run a flow in this process with a progress bar and print its table.
 
-    The same path as ``flashgen.generate`` (``flashgen.api.run_flow``). Exits 2 on bad
-    input and 1 when the flow failed before it had a summary; otherwise returns the
-    summary (whose ``ok`` says whether the batch succeeded).
+    The same path as ``flashgen.generate`` (``flashgen.api.run_flow``). Exits 2 when the
+    run was refused (bad input or token: nothing sent) and 1 when it failed before it had
+    a summary; otherwise returns the summary (whose ``ok`` says whether the batch
+    succeeded). Each outcome is printed once: the engine's "Finished in state" line stays
+    in the run's logs, not on this terminal.
     """
     from flashgen.api import run_flow, run_sync
-    from flashgen.flows.console import print_plan, print_summary, progress_bar
+    from flashgen.errors import AuthenticationError
+    from flashgen.flows.console import final_state_off_console, print_plan, print_summary, \
+        progress_bar
 
     try:
-        with progress_bar():
+        with progress_bar(), final_state_off_console():
             summary = run_sync(run_flow(flow, **params))
-    except Exception as exc:  # refused, or failed before it had a summary
-        _fail(exc, 2 if isinstance(exc, InputError) else 1)
+    except (InputError, AuthenticationError) as exc:  # refused: nothing was sent
+        _fail(exc, 2)
+    except Exception as exc:  # the temporary server, or a run that failed before a summary
+        _fail(exc)
     if summary.dry_run:
         print_plan(summary)
         return summary
@@ -237,6 +252,66 @@ def demo(
     from flashgen.infra.demo import run_demo
 
     raise typer.Exit(run_demo(out=out, job_time=job_time, concurrency=concurrency))
+
+
+@app.command()
+def listen(
+    queue: Annotated[str | None, typer.Option(
+        help="SQS queue name or URL that S3 notifies (env FLASHGEN_INBOX_QUEUE).")] = None,
+    bucket: BucketOpt = None,
+    prefix: PrefixOpt = None,
+    wait_seconds: Annotated[int, typer.Option(
+        min=0, max=20, help="Long-poll length: one SQS request per this many idle seconds.")
+    ] = 20,
+    visibility_timeout: Annotated[int | None, typer.Option(
+        min=0, help="Seconds before a message taken by a listener that died is given out "
+        "again (default: the queue's, 60 s as provisioned).")] = None,
+) -> None:
+    """Turn S3 uploads under <prefix>/inbox/ into flashgen.prompts.uploaded events.
+
+    A long-lived process (systemd, a Kubernetes Deployment): it reads the SQS queue that
+    `flashgen provision` points the bucket's notifications at, and the inbox deployment's
+    trigger starts a batch on each new prompt file. On SIGTERM or Ctrl-C it finishes its
+    current poll (at most --wait-seconds) and the files it brought, then exits.
+    """
+    import logging
+    import signal
+
+    import boto3
+    from prefect.settings import get_current_settings
+
+    from flashgen.flows.listen import listen as run_listener
+    from flashgen.settings import get_settings
+    from flashgen.storage import Store
+
+    if not get_current_settings().api.url:
+        _fail(InputError("PREFECT_API_URL is not set: point it at the Prefect server whose "
+                         "inbox deployment the events start"), 2)
+    # Its own handler: Prefect's logging setup owns the root logger (at WARNING).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log = logging.getLogger("flashgen.listen")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    settings = get_settings()
+    store = Store.from_settings(settings, bucket=bucket, prefix=prefix)
+    sqs = boto3.client("sqs", endpoint_url=settings.aws_endpoint_url)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_listener(store, sqs, queue or settings.inbox_queue, stop,
+                           wait_seconds=wait_seconds, visibility_timeout=visibility_timeout)
+
+    try:
+        asyncio.run(main())
+    except InputError as exc:
+        _fail(exc, 2)
+    except Exception as exc:  # a queue that does not exist, no credentials: one line
+        _fail(exc)
 
 
 ledger_app = typer.Typer(help="See and settle the ledger: what was paid for, per item.",

@@ -11,6 +11,7 @@ production) a failpoint costs one dictionary lookup. The boundaries, in a job's 
     fetched    the outputs are downloaded and verified, not yet stored
     stored     image, record and ledger are written; the manifest is not
     manifest   the batch's manifest is written
+    announced  the inbox listener sent a file's event; its SQS message is not yet deleted
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import signal
 from collections import Counter
 
-POINTS = ("claim", "sending", "submitted", "waiting", "fetched", "stored", "manifest")
+POINTS = ("claim", "sending", "submitted", "waiting", "fetched", "stored", "manifest", "announced")
 _passed: Counter[str] = Counter()
 
 

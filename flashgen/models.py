@@ -153,6 +153,16 @@ class WanFlashInput(BaseModel):
 KNOWN_MODELS: dict[str, type[BaseModel]] = {DEFAULT_MODEL: WanFlashInput}
 
 
+def unchecked_model_note(model_id: str) -> str | None:
+    """What to say about ``model_id`` when flashgen does not know its input schema (None
+    when it does): its inputs go to the API unchecked."""
+    if model_id in KNOWN_MODELS:
+        return None
+    return (f"model {model_id!r}: flashgen knows the input schema of {', '.join(KNOWN_MODELS)}"
+            " only; this model's inputs go to the API unchecked (a model the API does not "
+            "know fails each item with a 404, which costs nothing)")
+
+
 def _validation_message(error: dict[str, Any]) -> str:
     field = ".".join(str(p) for p in error["loc"]) or "input"
     ctx = error.get("ctx") or {}

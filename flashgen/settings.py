@@ -7,6 +7,8 @@
     FLASHGEN_BUCKET         S3 bucket for images, metadata, ledger and manifests
     FLASHGEN_PREFIX         key prefix inside the bucket (default "flashgen")
     AWS_ENDPOINT_URL        an S3-compatible endpoint (moto, MinIO, …); unset for AWS
+    FLASHGEN_INBOX_QUEUE    the SQS queue (name or URL) S3 tells of inbox uploads; `flashgen
+                            listen` reads it, `flashgen provision` makes it (flashgen-inbox)
     FLASHGEN_S3_SSE         server-side encryption: "AES256" or "aws:kms" (default none)
     FLASHGEN_S3_KMS_KEY_ID  the KMS key when FLASHGEN_S3_SSE is "aws:kms"
     FLASHGEN_API_CONCURRENCY        jobs queued or running at the API at once (default 4)
@@ -65,6 +67,7 @@ class Settings(BaseSettings):
     aws_endpoint_url: str | None = Field(
         None, validation_alias=AliasChoices("AWS_ENDPOINT_URL", "FLASHGEN_AWS_ENDPOINT_URL")
     )
+    inbox_queue: str = "flashgen-inbox"
     s3_sse: str | None = None
     s3_kms_key_id: str | None = None
     api_concurrency: int = Field(4, ge=1)
@@ -127,13 +130,26 @@ async def resolve_token(settings: Settings, token: str | SecretStr | None = None
         value = token.get_secret_value() if isinstance(token, SecretStr) else token
         source = getattr(token, "source", "the token= argument")
         if value.strip():
-            return Token(value, source=source)
+            return _readable(value, source)
     if settings.api_token is not None and settings.api_token.get_secret_value().strip():
-        return Token(settings.api_token.get_secret_value(), source=TOKEN_ENV)
+        return _readable(settings.api_token.get_secret_value(), TOKEN_ENV)
     value = await _secret_block(settings.token_block)
     if value:
-        return Token(value, source=f"the Prefect Secret block {settings.token_block!r}")
+        return _readable(value, f"the Prefect Secret block {settings.token_block!r}")
     raise AuthenticationError(f"no RunComfy API token: {token_help(settings)}")
+
+
+def _readable(value: str, source: str) -> Token:
+    """The token without surrounding whitespace, if an HTTP header can carry it: printable
+    ASCII. Otherwise an AuthenticationError naming where it came from, never its value
+    (an HTTP library's own error would quote the header it refused, token and all)."""
+    value = value.strip()
+    if not all("!" <= c <= "~" for c in value):
+        raise AuthenticationError(
+            f"the token from {source} is unreadable: it holds a space, a line break, a "
+            "control or a non-ASCII character; set it again to the token exactly as "
+            "RunComfy shows it")
+    return Token(value, source=source)
 
 
 async def _secret_block(name: str) -> str | None:

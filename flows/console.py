@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
+
+from prefect.logging.handlers import PrefectConsoleHandler
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -31,6 +34,24 @@ def progress_bar() -> Iterator[None]:
             yield
         finally:
             remove()
+
+
+@contextlib.contextmanager
+def final_state_off_console() -> Iterator[None]:
+    """Leave the engine's "Finished in state …" line out of this terminal while the block
+    runs: the command prints the outcome itself. The run's logs at the API keep it."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Finished in state")
+
+    handlers = [h for name in ("", "prefect") for h in logging.getLogger(name).handlers
+                if isinstance(h, PrefectConsoleHandler)]
+    for handler in handlers:
+        handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
 
 
 def print_summary(summary: BatchSummary) -> None:

@@ -4,6 +4,14 @@
                                 the ``inbox`` deployment's trigger starts a batch on it
     flashgen.batch.completed    a batch ended within its failure ratio (flows/summary.py)
     flashgen.batch.failed       a batch ended with too many failed items; an automation alerts
+    flashgen.batch.refused      a run refused its input (or token) before sending anything;
+                                for whoever submitted it, never the on-call
+
+A run's final state is named for what happened, so each alert fires once: a refused run
+ends ``Refused`` and a batch with too many failed items ``BatchFailed`` (both of type
+FAILED, so they still count as failed runs), and the server's state events
+``prefect.flow-run.Refused`` / ``.BatchFailed`` match no run-failed alert, which pages on
+``prefect.flow-run.Failed`` (an unexpected error) and ``.Crashed`` only.
 
 ``prefect.yaml`` and ``deployments/automations.yaml`` match on these same strings.
 """
@@ -21,6 +29,9 @@ if TYPE_CHECKING:
 PROMPTS_UPLOADED = "flashgen.prompts.uploaded"
 BATCH_COMPLETED = "flashgen.batch.completed"
 BATCH_FAILED = "flashgen.batch.failed"
+BATCH_REFUSED = "flashgen.batch.refused"
+REFUSED_STATE = "Refused"  # the state a refused run ends in (type FAILED)
+BATCH_FAILED_STATE = "BatchFailed"  # the state of a run whose items failed past the ratio
 
 
 async def send_event(client: PrefectClient, event: Event) -> None:

@@ -52,7 +52,7 @@ from flashgen.errors import (
 from flashgen.failpoints import failpoint
 from flashgen.ledger import Action, Journal, Ledger
 from flashgen.manifest import ManifestSpool
-from flashgen.models import DEFAULT_MODEL
+from flashgen.models import DEFAULT_MODEL, unchecked_model_note, validate_inputs
 from flashgen.options import BatchOptions
 from flashgen.plan import RunPlan, Stored, census
 from flashgen.records import ImageRecord, ItemState, ManifestRow, Timings
@@ -68,6 +68,7 @@ from flashgen.sources import (
 )
 from flashgen.storage import Store, parse_s3_uri
 from flashgen.views import BatchViews, publish_batch_views
+from flashgen.flows.events import BATCH_FAILED_STATE, REFUSED_STATE
 from flashgen.flows.progress import BatchProgress
 from flashgen.flows.slots import ApiSlots
 from flashgen.flows.summary import BatchSummary, artifact_key, emit_batch_event, publish_table
@@ -156,11 +157,9 @@ async def generate_image(
     force: bool = False,
 ) -> BatchSummary | State:
     """Generate one image. ``inputs`` carries any further field (or another model's input)."""
-    given = {"negative_prompt": negative_prompt, "aspect_ratio": aspect_ratio, "seed": seed,
-             "prompt_extend": prompt_extend}
-    fields = {**(inputs or {}), "prompt": prompt,
-              **{k: v for k, v in given.items() if v is not None}}
     try:
+        fields = image_inputs(model_id, inputs, prompt=prompt, negative_prompt=negative_prompt,
+                              aspect_ratio=aspect_ratio, seed=seed, prompt_extend=prompt_extend)
         options = BatchOptions.parse(model_id=model_id, bucket=bucket, prefix=prefix,
                                      concurrency=1, force=force, strict=True)
         return _final(await run_batch(options, rows=[Row(line=1, fields=fields)]))
@@ -168,10 +167,19 @@ async def generate_image(
         return _refused(exc, None)
 
 
+def image_inputs(model_id: str, inputs: dict[str, Any] | None = None, **given: Any
+                 ) -> dict[str, Any]:
+    """One image's input fields (``given`` over ``inputs``; None values left out), checked
+    against the model's schema: a bad one is an InputError worded for one image."""
+    fields = {**(inputs or {}), **{k: v for k, v in given.items() if v is not None}}
+    validate_inputs(model_id, fields)
+    return fields
+
+
 def _refused(exc: Exception, batch_id: str | None) -> State:
-    """Input (or a token) refused before anything was paid: one clear line, no traceback,
-    and the batch's ``flashgen.batch.failed`` event, so its alert and listeners hear of it."""
-    get_run_logger().error("nothing sent: %s", exc)
+    """Input (or a token) refused before anything was paid: not an incident. The run ends
+    ``Refused`` (a FAILED type that no alert pages for; its state message is the one log
+    line of the refusal) and emits ``flashgen.batch.refused`` for whoever submitted it."""
     if getattr(exc, "field", None) == "batch_id" or not batch_id:
         batch_id = _default_batch_id()
     flow_run_id = runtime_flow_run.get_id()
@@ -179,11 +187,12 @@ def _refused(exc: Exception, batch_id: str | None) -> State:
         batch_id=batch_id, refused=str(exc), failures=[f"nothing sent: {exc}"],
         flow_run_id=flow_run_id, deployment=runtime_deployment.name,
         flow_run_url=url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None))
-    return Failed(message=f"nothing sent: {exc}", data=exc)
+    return Failed(name=REFUSED_STATE, message=f"nothing sent: {exc}", data=exc)
 
 
 def _final(summary: BatchSummary) -> BatchSummary | State:
-    """The flow's end: Failed (naming the first failures) when too many items failed.
+    """The flow's end: ``BatchFailed`` (naming the first failures) when too many items
+    failed; its ``flashgen.batch.failed`` event is what alerts, once.
 
     Every success is stored and the manifest written before this; the summary travels in
     the Failed state's ``BatchFailedError``, so a direct call raises it and callers still
@@ -192,7 +201,8 @@ def _final(summary: BatchSummary) -> BatchSummary | State:
     if summary.ok:
         return summary
     message = summary.describe() + "; " + "; ".join(summary.failures)
-    return Failed(message=message, data=BatchFailedError(message, summary))
+    return Failed(name=BATCH_FAILED_STATE, message=message,
+                  data=BatchFailedError(message, summary))
 
 
 async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
@@ -252,6 +262,8 @@ async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
         defaults=options.defaults, model_id=options.model_id, variables={"date": run_date})
     if plan.rows == 0:
         raise InputError("source: no rows to generate in it", field="source")
+    if note := unchecked_model_note(options.model_id):
+        log.warning(note)
     _report_rows(plan, options.strict)
     await asyncio.to_thread(store.check_writable)
     counts, stored = await asyncio.to_thread(
@@ -336,13 +348,19 @@ def _report_rows(plan: BatchPlan, strict: bool) -> None:
 
 
 async def _check_token(client: RunComfyClient) -> None:
-    """401 for a bad token, 404 for a good one: the status of a request that cannot exist."""
+    """401 for a bad token, 404 for a good one: the status of a request that cannot exist.
+
+    A refusal is worded for the token (where it came from, what to do), not for the probe's
+    made-up request id.
+    """
     try:
         await client.status(_PROBE_REQUEST_ID)
     except NotFoundError:
         return
-    except AuthenticationError:
-        raise
+    except AuthenticationError as exc:
+        reason = exc.message.removeprefix(f"status of {_PROBE_REQUEST_ID}: ")
+        raise AuthenticationError(f"token refused: {reason}", status_code=exc.status_code,
+                                  error_code=exc.error_code) from None
     # Any other answer (an emulator or API that knows the id): the token was accepted.
 
 

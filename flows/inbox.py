@@ -1,9 +1,12 @@
 """The inbox sensor: one ``flashgen.prompts.uploaded`` event per prompt file that lands.
 
-Prefect's self-hosted server has no webhooks, so flashgen watches S3 itself. Other systems
-drop prompt files (CSV, JSONL, JSON, YAML) anywhere under ``<prefix>/inbox/``; every pass of
-``watch_inbox`` (deployment ``inbox-sensor``, each minute) announces the new ones, and the
-``inbox`` deployment's trigger starts generate-images on each file's ``s3://`` URI.
+Other systems drop prompt files (CSV, JSONL, JSON, YAML) anywhere under
+``<prefix>/inbox/``, and the ``inbox`` deployment's trigger starts generate-images on each
+file's ``s3://`` URI. By default ``flashgen listen`` (flashgen.flows.listen) hears of
+uploads from S3's notifications; this listing sensor is the fallback for stores without
+them: every pass of ``watch_inbox`` (deployment ``inbox-sensor``, each minute once its
+schedule is turned on) announces the new files. Both announce through ``announce`` and
+the markers below, so they agree on what was sent.
 
 State, under the same prefix::
 
@@ -189,7 +192,7 @@ class InboxWatcher:
             if str(file.event_id) in handled:
                 report.known += 1
                 continue
-            outcome = (await self._announce(file) if file.is_prompt_file
+            outcome = (await self.announce(file) if file.is_prompt_file
                        else Outcome.IGNORED)
             report.add(outcome, file.uri)
             if outcome is not Outcome.BUSY:
@@ -202,7 +205,9 @@ class InboxWatcher:
         self._log_pass(report)
         return report
 
-    async def _announce(self, file: InboxFile) -> Outcome:
+    async def announce(self, file: InboxFile) -> Outcome:
+        """Send ``file``'s event unless a marker says it was sent or is being sent
+        (the sensor's passes and the listener, flashgen.flows.listen, share the markers)."""
         now = self.clock()
         marker = {"state": "claimed", "uri": file.uri, "etag": file.etag,
                   "event_id": str(file.event_id), "claimed_by": self.owner,

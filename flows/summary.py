@@ -10,7 +10,7 @@ from flashgen.errors import BatchFailedError
 from flashgen.manifest import ManifestSpool
 from flashgen.outcome import BatchOutcome
 from flashgen.records import ItemState, ManifestRow
-from flashgen.flows.events import BATCH_COMPLETED, BATCH_FAILED
+from flashgen.flows.events import BATCH_COMPLETED, BATCH_FAILED, BATCH_REFUSED
 
 FIRST_ERRORS = 5
 
@@ -72,9 +72,11 @@ async def publish_table(summary: BatchSummary, rows: list[ManifestRow]) -> None:
 
 
 def emit_batch_event(summary: BatchSummary) -> None:
-    """``flashgen.batch.completed`` or ``.failed``, for downstream triggers and alerts."""
+    """``flashgen.batch.completed``, ``.failed`` or ``.refused`` (nothing was sent), for
+    downstream triggers and alerts."""
     emit_event(
-        event=BATCH_COMPLETED if summary.ok else BATCH_FAILED,
+        event=(BATCH_REFUSED if summary.refused else
+               BATCH_COMPLETED if summary.ok else BATCH_FAILED),
         resource={"prefect.resource.id": f"flashgen.batch.{summary.batch_id}",
                   "prefect.resource.name": summary.batch_id},
         payload={"batch_id": summary.batch_id, "deployment": summary.deployment,
@@ -82,7 +84,8 @@ def emit_batch_event(summary: BatchSummary) -> None:
                  "counts": {"total": summary.total, "stored": summary.stored,
                             "skipped": summary.skipped, "failed": summary.failed,
                             "invalid": summary.invalid},
-                 "manifest_uri": summary.manifest_uri, "first_errors": summary.failures},
+                 "manifest_uri": summary.manifest_uri, "first_errors": summary.failures,
+                 "refused": summary.refused},
     )
 
 

@@ -30,6 +30,11 @@ def provision_command(
     submit_rate: Annotated[float | None, typer.Option(
         min=0.001, help="Submits per second allowed (rate limit runcomfy-submit); "
         "unset leaves any existing rate limit alone.")] = None,
+    inbox_queue: Annotated[bool, typer.Option(
+        "--inbox-queue/--no-inbox-queue",
+        help="Make the SQS queue FLASHGEN_INBOX_QUEUE and the bucket's notification of "
+        "inbox uploads to it (for `flashgen listen`); --no-inbox-queue where the store has "
+        "no notifications (use the inbox-sensor deployment instead).")] = True,
     work_pool: Annotated[str, typer.Option(help="Process work pool of the deployments.")
                          ] = "flashgen-process",
     slack_webhook: Annotated[str | None, typer.Option(
@@ -43,8 +48,8 @@ def provision_command(
         help="Environment variable holding the API token to store in the Prefect Secret "
         "block named by FLASHGEN_TOKEN_BLOCK (never printed).")] = "RUNCOMFY_API_TOKEN",
 ) -> None:
-    """Create or update the bucket, concurrency limits, work pool, alert blocks, token
-    secret and automations. Safe to run again: unchanged items are left alone."""
+    """Create or update the bucket, inbox queue, concurrency limits, work pool, alert
+    blocks, token secret and automations. Safe to run again: unchanged items are left alone."""
     import httpx
     from prefect.settings import get_current_settings
     from pydantic import ValidationError
@@ -67,6 +72,8 @@ def provision_command(
             token=token)
         if skip_bucket:
             config = config.model_copy(update={"bucket": None})
+        if not inbox_queue:
+            config = config.model_copy(update={"inbox_queue": None})
         changes = asyncio.run(provision(config))
     except (ValidationError, ProvisionError, FlashgenError) as exc:
         _fail(str(exc))

@@ -2,22 +2,22 @@
 
 Starts the emulator and moto's S3 server on free ports, creates a bucket, runs the
 ``generate-images`` flow through Prefect (its ephemeral server, homed in the output
-folder) on the sample prompts in ``deployments/prompts/demo.csv``, copies the images into
-a folder a person can open, and prints a table of results with the local copies' paths
-(moto's bucket lives in memory and is gone when the demo ends).
+folder) on the sample prompts in ``deployments/prompts/demo.csv``, and prints a table of
+results with each image's S3 key. moto's bucket lives in memory and is gone when the demo
+ends, so the batch's gallery is written to the output folder with the images, records and
+manifest it links: ``index.html`` opens after the demo, offline.
 
 The body runs in a child process so that Prefect reads the demo's settings (its home,
 no remote API) before anything imports it; the user's PREFECT_* and AWS_* variables are
-left out, and the demo says so. Prefect's temporary server gets 90 s to start (20 by
-default, too little on a busy machine), and a start that still times out is tried once
-more.
+left out, and the demo says so. Prefect's temporary server is started as ``flashgen
+batch`` starts it (flashgen.flows.temporary_server: 90 s, and 90 s more while it is still
+starting).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +28,6 @@ DEMO_PROMPTS = Path(deployments.__file__).parent / "prompts" / "demo.csv"
 BUCKET = "flashgen-demo"
 TOKEN = "demo-token"  # the emulator accepts only this one, to show a token is really sent
 LOCAL_ONLY = ("PREFECT_", "AWS_")  # the user's settings of these would point elsewhere
-SERVER_DID_NOT_START = 75  # EX_TEMPFAIL: the child's Prefect server timed out starting
 
 
 def run_demo(*, out: Path, job_time: float, concurrency: int) -> int:
@@ -40,23 +39,16 @@ def run_demo(*, out: Path, job_time: float, concurrency: int) -> int:
               flush=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(LOCAL_ONLY)}
     env.update(PREFECT_HOME=str(out / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="true",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90", PYTHONUNBUFFERED="1")
+               PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="true", PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "flashgen.infra.demo",
                str(out), str(job_time), str(concurrency)]
-    code = subprocess.call(command, env=env)
-    if code == SERVER_DID_NOT_START:
-        print("Prefect's temporary server did not start in time; trying once more", flush=True)
-        code = subprocess.call(command, env=env)
-    if code == SERVER_DID_NOT_START:
-        print("error: Prefect's temporary server did not start twice; see 'The demo' in "
-              "infra/PRODUCTION.md", file=sys.stderr)
-        return 1
-    return code
+    return subprocess.call(command, env=env)
 
 
 def _main(out: Path, job_time: float, concurrency: int) -> int:
     from flashgen.emulator import EmulatorConfig, EmulatorServer
+    from flashgen.errors import FlashgenError
+    from flashgen.flows.temporary_server import start_temporary_server
     from flashgen.settings import get_settings
     from flashgen.storage import Store
     from flashgen.infra.stack import MotoS3
@@ -72,13 +64,12 @@ def _main(out: Path, job_time: float, concurrency: int) -> int:
               f"prompts   {DEMO_PROMPTS}\n", flush=True)
         store = Store.from_settings(get_settings())
         store.ensure_bucket()
-        try:  # the first call to Prefect, which starts its temporary server
-            asyncio.run(ensure_api_limit(get_settings().concurrency_limit, concurrency))
-        except RuntimeError as exc:
-            if "ephemeral Prefect API server" not in str(exc):
-                raise
-            print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-            return SERVER_DID_NOT_START
+        try:
+            start_temporary_server()
+        except FlashgenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        asyncio.run(ensure_api_limit(get_settings().concurrency_limit, concurrency))
 
         from flashgen.flows.console import print_summary, progress_bar
         from flashgen.flows.generate import generate_images
@@ -90,13 +81,14 @@ def _main(out: Path, job_time: float, concurrency: int) -> int:
         if isinstance(summary, BaseException):
             print(f"error: {summary}", file=sys.stderr)
             return 1
-        print_summary(_copied(store, summary, out))
+        print_summary(_kept(store, summary, out))
         stats = api.stats()
         print(f"\nemulator saw {stats['submissions']} submissions "
               f"({stats['duplicate_submissions']} duplicate), at most "
               f"{stats['max_in_flight']} jobs in flight")
-        print(f"images in {out / 'images'}; s3://{BUCKET} was moto's, in memory, and is gone "
-              "now that the demo ends")
+        print(f"s3://{BUCKET} was moto's, in memory, and is gone now that the demo ends; its "
+              f"images, records and manifest are kept in {out}, with the gallery "
+              f"{out / 'index.html'}")
         return 0 if state.is_completed() else 1
 
 
@@ -110,20 +102,19 @@ async def ensure_api_limit(name: str, limit: int) -> None:
         await ensure_limit(client, name, limit=limit)
 
 
-def _copied(store, summary, out: Path):
-    """The summary with every image and the manifest copied into ``out``, pointing there:
-    the bucket they are in does not outlive the demo."""
-    def copy(uri: str, folder: Path) -> str:
-        folder.mkdir(parents=True, exist_ok=True)
-        local = folder / re.sub(r"[^A-Za-z0-9._-]", "_", uri.rsplit("/", 1)[-1])
-        local.write_bytes(store.read_bytes(uri))
-        return str(local)
+def _kept(store, summary, out: Path):
+    """The summary, its gallery and manifest kept in ``out``: the bucket they are in does
+    not outlive the demo. The table keeps the S3 keys; the links point at the copies."""
+    from flashgen.gallery import write_local_gallery
 
-    rows = [row.model_copy(update={"image_uris": [copy(u, out / "images")
-                                                  for u in row.image_uris]})
-            for row in summary.rows]
-    manifest = copy(summary.manifest_uri, out / "manifests") if summary.manifest_uri else None
-    return summary.model_copy(update={"rows": rows, "manifest_uri": manifest})
+    index = write_local_gallery(store, summary.batch_id, out)  # images/, metadata/ beside it
+    manifest = None
+    if summary.manifest_uri:
+        manifest = out / "manifests" / summary.manifest_uri.rsplit("/", 1)[-1]
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_bytes(store.read_bytes(summary.manifest_uri))
+    return summary.model_copy(update={"gallery_url": index.as_uri(),
+                                      "manifest_uri": str(manifest) if manifest else None})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ difference, so a second run reports every item unchanged and writes nothing:
 
 - the bucket: versioning on, default encryption (AES256, or KMS with a bucket key), every
   public-access block on;
+- the inbox queue: an SQS queue whose policy lets the bucket send to it, and the bucket's
+  notification of every object created under ``<prefix>/inbox/`` to it, for ``flashgen
+  listen`` (flows/listen.py); other notifications of the bucket are kept;
 - the global concurrency limit that shares the API's slots (FLASHGEN_CONCURRENCY_LIMIT,
   limit FLASHGEN_API_CONCURRENCY) and, when a rate is given, the ``runcomfy-submit`` rate
   limit that paces submits;
@@ -25,6 +28,7 @@ Nothing is deleted except duplicate automations of the same name.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import boto3
 import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect.automations import AutomationCore, EventTrigger, SendNotification
@@ -74,6 +79,9 @@ class ProvisionConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     bucket: str | None = Field(None, description="None leaves S3 alone (no admin rights)")
+    prefix: str = "flashgen"
+    inbox_queue: str | None = Field("flashgen-inbox",
+                                    description="None: no queue, no bucket notification")
     endpoint_url: str | None = None
     sse: str = Field("AES256", description="default encryption: " + ", ".join(SSE_ALGORITHMS))
     kms_key_id: str | None = None
@@ -99,6 +107,7 @@ class ProvisionConfig(BaseModel):
         """Settings from the environment; every ``given`` value that is not None wins."""
         base: dict[str, Any] = {
             "bucket": settings.bucket, "endpoint_url": settings.aws_endpoint_url,
+            "prefix": settings.prefix, "inbox_queue": settings.inbox_queue,
             "sse": settings.s3_sse or "AES256", "kms_key_id": settings.s3_kms_key_id,
             "api_concurrency": settings.api_concurrency,
             "concurrency_limit": settings.concurrency_limit, "token": settings.api_token,
@@ -126,15 +135,20 @@ class Change:
                                                               if self.detail else "")
 
 
-async def provision(config: ProvisionConfig, *, s3: Any = None) -> list[Change]:
+async def provision(config: ProvisionConfig, *, s3: Any = None, sqs: Any = None
+                    ) -> list[Change]:
     """Create or update everything in ``config``; returns what happened to each item.
 
-    ``s3`` injects a boto3 client (tests); otherwise one is made for ``endpoint_url``.
-    The Prefect API is the one PREFECT_API_URL names.
+    ``s3`` and ``sqs`` inject boto3 clients (tests); otherwise they are made for
+    ``endpoint_url``. The Prefect API is the one PREFECT_API_URL names.
     """
     changes: list[Change] = []
     if config.bucket:
-        changes += configure_bucket(config, s3 or make_client(endpoint_url=config.endpoint_url))
+        s3 = s3 or make_client(endpoint_url=config.endpoint_url)
+        changes += configure_bucket(config, s3)
+        if config.inbox_queue:
+            changes += configure_inbox_queue(config, s3, sqs or boto3.client(
+                "sqs", endpoint_url=config.endpoint_url))
     else:
         changes.append(Change(Outcome.SKIPPED, "bucket", "-", "no bucket given (FLASHGEN_BUCKET)"))
     async with get_client() as client:
@@ -231,6 +245,92 @@ def _ensure_public_access_block(bucket: str, s3: Any) -> Change:
     s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK)
     return Change(Outcome.CREATED if current is None else Outcome.UPDATED,
                   "bucket public access block", bucket, "all on")
+
+
+# --- the inbox queue --------------------------------------------------------------------
+
+INBOX_NOTIFICATION_ID = "flashgen-inbox"
+# Redelivery of a message its listener took and never deleted (it died); a message is
+# handled in well under a second, so this is only the wait after a crash.
+INBOX_QUEUE_ATTRIBUTES = {"VisibilityTimeout": "60",
+                          "MessageRetentionPeriod": "1209600",  # 14 days: a long outage
+                          "ReceiveMessageWaitTimeSeconds": "20"}  # long polls by default
+
+
+def configure_inbox_queue(config: ProvisionConfig, s3: Any, sqs: Any) -> list[Change]:
+    """The queue, its policy (only this bucket may send) and the bucket's notification."""
+    bucket, name = config.bucket, config.inbox_queue
+    assert bucket and name
+    try:
+        url, created = _ensure_queue(sqs, name)
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+            "Attributes"]["QueueArn"]
+        changes = [Change(Outcome.CREATED, "sqs queue", name, url) if created else
+                   Change(Outcome.UNCHANGED, "sqs queue", name, url),
+                   _ensure_queue_attributes(sqs, url, name, _queue_policy(arn, bucket))]
+        inbox = Store(bucket, config.prefix, s3=s3).layout.below("inbox/")
+        changes.append(_ensure_notification(s3, bucket, arn, inbox))
+        return changes
+    except (ClientError, BotoCoreError) as exc:
+        raise ProvisionError(f"inbox queue {name} for bucket {bucket}: {exc}") from exc
+
+
+def _ensure_queue(sqs: Any, name: str) -> tuple[str, bool]:
+    try:
+        return sqs.get_queue_url(QueueName=name)["QueueUrl"], False
+    except ClientError as exc:
+        if "NonExistentQueue" not in exc.response.get("Error", {}).get("Code", ""):
+            raise
+    return sqs.create_queue(QueueName=name)["QueueUrl"], True
+
+
+def _queue_policy(queue_arn: str, bucket: str) -> dict[str, Any]:
+    return {"Version": "2012-10-17", "Statement": [{
+        "Sid": "flashgen-inbox-from-s3", "Effect": "Allow",
+        "Principal": {"Service": "s3.amazonaws.com"}, "Action": "sqs:SendMessage",
+        "Resource": queue_arn,
+        "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}}}]}
+
+
+def _ensure_queue_attributes(sqs: Any, url: str, name: str, policy: dict[str, Any]) -> Change:
+    wanted = {**INBOX_QUEUE_ATTRIBUTES, "Policy": policy}
+    current = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    now = {**{k: current.get(k) for k in INBOX_QUEUE_ATTRIBUTES},
+           "Policy": json.loads(current["Policy"]) if current.get("Policy") else None}
+    described = (f"S3 bucket may send; visibility {INBOX_QUEUE_ATTRIBUTES['VisibilityTimeout']}"
+                 " s, kept 14 days")
+    if now == wanted:
+        return Change(Outcome.UNCHANGED, "sqs queue policy", name, described)
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={**INBOX_QUEUE_ATTRIBUTES,
+                                                       "Policy": json.dumps(policy)})
+    return Change(Outcome.UPDATED, "sqs queue policy", name, described)
+
+
+def _ensure_notification(s3: Any, bucket: str, queue_arn: str, inbox: str) -> Change:
+    """Our entry (by its Id) among the bucket's notifications; every other entry is kept."""
+    current = s3.get_bucket_notification_configuration(Bucket=bucket)
+    current.pop("ResponseMetadata", None)
+    wanted = {"Id": INBOX_NOTIFICATION_ID, "QueueArn": queue_arn,
+              "Events": ["s3:ObjectCreated:*"],
+              "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": inbox}]}}}
+    queues = current.get("QueueConfigurations") or []
+    ours = [q for q in queues if q.get("Id") == INBOX_NOTIFICATION_ID]
+    described = f"ObjectCreated under {inbox} → {queue_arn}"
+    if len(ours) == 1 and _notification_shape(ours[0]) == _notification_shape(wanted):
+        return Change(Outcome.UNCHANGED, "bucket notification", bucket, described)
+    configuration = {**current, "QueueConfigurations": [
+        *(q for q in queues if q.get("Id") != INBOX_NOTIFICATION_ID), wanted]}
+    s3.put_bucket_notification_configuration(Bucket=bucket,
+                                             NotificationConfiguration=configuration)
+    return Change(Outcome.UPDATED if ours else Outcome.CREATED, "bucket notification", bucket,
+                  described)
+
+
+def _notification_shape(entry: dict[str, Any]) -> tuple[Any, ...]:
+    """Comparable across reads: S3 may spell filter rule names "prefix" or "Prefix"."""
+    rules = entry.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+    return (entry.get("QueueArn"), sorted(entry.get("Events", [])),
+            sorted((r["Name"].lower(), r["Value"]) for r in rules))
 
 
 # --- Prefect ----------------------------------------------------------------------------

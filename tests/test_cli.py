@@ -33,7 +33,7 @@ def test_schema_of_an_unknown_model_names_the_known_ones():
 
 @pytest.mark.parametrize("command", [
     [], ["emulator"], ["schema"], ["status"], ["result"], ["cancel"], ["generate"], ["batch"],
-    ["demo"], ["provision"]])
+    ["demo"], ["provision"], ["listen"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -43,8 +43,23 @@ def test_every_command_has_help(command):
 def test_status_of_a_malformed_id_fails_clearly_without_the_token(monkeypatch):
     monkeypatch.setenv("RUNCOMFY_API_TOKEN", "unused")
     result = runner.invoke(app, ["status", "bad id with spaces"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input: refused before anything is sent
     assert "unused" not in result.output
+
+
+def test_an_unreadable_token_exits_2_with_one_line_naming_its_source(monkeypatch):
+    monkeypatch.setenv("RUNCOMFY_API_TOKEN", "tok\nhidden-part")
+    from flashgen.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["status", "00000000-0000-4000-8000-000000000001"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("error: the token from RUNCOMFY_API_TOKEN is unreadable")
+    assert "hidden-part" not in result.output
 
 
 def test_status_result_and_cancel_speak_to_the_api(monkeypatch):

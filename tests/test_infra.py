@@ -57,7 +57,8 @@ async def test_provision_twice_changes_nothing_the_second_time(prefect_server, s
     assert {c.action for c in first} <= {Outcome.CREATED, Outcome.UPDATED}, first
     kinds = {c.kind for c in first}
     assert {"bucket", "bucket versioning", "bucket encryption", "bucket public access block",
-            "concurrency limit", "rate limit", "work pool", "automation"} <= kinds
+            "concurrency limit", "rate limit", "work pool", "automation", "sqs queue",
+            "sqs queue policy", "bucket notification"} <= kinds
 
     second = await provision(wanted, s3=s3)
     assert [c.action for c in second] == [Outcome.UNCHANGED] * len(first), second

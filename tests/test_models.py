@@ -245,3 +245,11 @@ def test_the_vendored_schema_is_the_published_one(name: str) -> None:
     if not (PUBLISHED / name).exists():
         pytest.skip("shared/spec is not beside the repository (a plain clone)")
     assert json.loads((VENDORED / name).read_text()) == json.loads((PUBLISHED / name).read_text())
+
+
+def test_a_model_without_a_known_schema_is_named_as_unchecked():
+    from flashgen.models import DEFAULT_MODEL, unchecked_model_note
+
+    assert unchecked_model_note(DEFAULT_MODEL) is None
+    note = unchecked_model_note("acme/other-model")
+    assert note and "'acme/other-model'" in note and DEFAULT_MODEL in note and "unchecked" in note

@@ -189,3 +189,29 @@ async def test_a_missing_secret_block_reads_as_none(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(Secret, "aload", classmethod(missing))
     assert await settings_module._secret_block("runcomfy-api-token") is None
+
+
+@pytest.mark.parametrize("value", ["tok\nsecret-part", "tok secret-part", "tök-secret-part",
+                                   "tok\x00secret-part"])
+async def test_an_unreadable_token_is_refused_naming_its_source_not_its_value(
+    value: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A token no HTTP header can carry (a line break, a space, a control or non-ASCII
+    character) is refused before any request, naming where it came from; before, httpx's
+    error quoted the header, token and all, and the probe was retried as transient."""
+    with pytest.raises(AuthenticationError) as caught:
+        await resolve_token(Settings(api_token=SecretStr(value)))
+    assert "RUNCOMFY_API_TOKEN" in str(caught.value) and "secret-part" not in str(caught.value)
+
+    async def block(name: str) -> str:
+        return value
+
+    monkeypatch.setattr(settings_module, "_secret_block", block)
+    with pytest.raises(AuthenticationError, match="Secret block 'runcomfy-api-token'") as caught:
+        await resolve_token(Settings())
+    assert "secret-part" not in str(caught.value)
+
+
+async def test_surrounding_whitespace_is_not_part_of_the_token() -> None:
+    token = await resolve_token(Settings(api_token=SecretStr("  tok-123\n")))
+    assert token.get_secret_value() == "tok-123"

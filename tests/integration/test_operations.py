@@ -107,6 +107,7 @@ class Stack:
     s3_url: str = ""
     hook_file: Path = Path()
     tokens: dict[str, str] = field(default_factory=dict)
+    alerted: dict[str, dict[str, Any]] = field(default_factory=dict)  # runs whose alerts count
 
     def start(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
         log = self.tmp / f"{name}.log"
@@ -243,12 +244,10 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         assert re.fullmatch(r"(unchanged .*\n)+\d+ unchanged\n", again), again
         assert s.tokens["good"] not in first + again
         s.run([PREFECT, "--no-prompt", "deploy", "--all"], env={**s.env, "PWD": str(REPO)})
-        # The sensor is run by hand below; its every-minute schedule would race the checks.
-        sensor = s.deployment("watch-inbox/inbox-sensor")
-        assert sensor["schedules"][0]["schedule"]["interval"] == 60
-        httpx.patch(f"{s.api}/deployments/{sensor['id']}/schedules/"
-                    f"{sensor['schedules'][0]['id']}", json={"active": False},
-                    timeout=30).raise_for_status()
+        # The listing sensor is the fallback: deployed with its schedule off (the listener
+        # is the default), and run by hand below.
+        [schedule] = s.deployment("watch-inbox/inbox-sensor")["schedules"]
+        assert schedule["schedule"]["interval"] == 60 and schedule["active"] is False
         for n in (1, 2):  # workers get no token: the flows read the Secret block
             s.start(f"worker-{n}", [PREFECT, "worker", "start", "--pool", "flashgen-process",
                                     "--name", f"it-worker-{n}", "--limit", "1"],
@@ -343,33 +342,133 @@ def test_a_file_in_the_inbox_triggers_one_run_and_nothing_new_starts_nothing(sta
     assert len(stack.runs_of("watch-inbox/inbox-sensor")) == 2  # its schedule is paused
 
 
-def test_a_failed_run_is_announced_at_the_webhook_without_the_token(stack):
+def _queue(stack: Stack) -> tuple[Any, str]:
+    sqs = boto3.client("sqs", endpoint_url=stack.s3_url, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    return sqs, sqs.get_queue_url(QueueName="flashgen-inbox")["QueueUrl"]
+
+
+def _in_queue(stack: Stack) -> int:
+    """Messages waiting or taken and not yet deleted."""
+    sqs, url = _queue(stack)
+    got = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    return int(got["ApproximateNumberOfMessages"]) + int(
+        got["ApproximateNumberOfMessagesNotVisible"])
+
+
+def _all_runs(stack: Stack) -> set[str]:
+    return {r["id"] for r in stack.post("/flow_runs/filter", {"limit": 200})}
+
+
+def test_the_listener_starts_one_inbox_run_per_upload_even_when_killed_before_deleting(stack):
+    """S3 notifies the provisioned queue; `flashgen listen` turns the upload into the event
+    that starts the inbox deployment. The first listener dies (SIGKILL, a failpoint) after
+    the event is sent and before the message is deleted; SQS hands the message to the
+    next listener, which finds it already announced: one run, one batch, each item paid
+    once. While nothing is uploaded, nothing runs."""
+    listen = [PYTHON, "-m", "flashgen.cli", "listen", "--wait-seconds", "1",
+              "--visibility-timeout", "3"]
+    runs_before = _all_runs(stack)
+    first = stack.start("listener-1", listen, {**stack.env, "FLASHGEN_FAILPOINT": "announced"})
+    # Idle: the queue's earlier messages (S3's test event, the sensor test's upload, which
+    # the markers say was announced) are handled and deleted; no flow run starts.
+    stack.wait_for("the listener to empty the queue", lambda: _in_queue(stack) == 0,
+                   timeout=120)
+    assert first.popen.poll() is None, first.tail()
+    assert _all_runs(stack) == runs_before  # 0 flow runs while idle: nothing is polled
+
+    prompts = ["A red kite over chalk hills, gouache", "Harbour lights at dusk, long exposure"]
+    key = f"{PREFIX}/inbox/team-b/kites.csv"
+    uri = f"s3://{BUCKET}/{key}"
+    submissions = stack.emulator_stats()["submissions"]
+    uploaded_at = datetime.now(UTC)
+    s3_client(stack).put_object(Bucket=BUCKET, Key=key, Body=(
+        "prompt\n" + "".join(f'"{p}"\n' for p in prompts)).encode())
+
+    assert first.popen.wait(120) == -signal.SIGKILL, first.tail()  # died before deleting
+    [run] = stack.wait_for("the inbox run for the upload", lambda: [
+        r for r in stack.runs_of("generate-images/inbox") if r["parameters"]["source"] == uri],
+        timeout=60)
+    latency = (datetime.fromisoformat(run["created"]) - uploaded_at).total_seconds()
+    print(f"\nlistener: upload to flow run created in {latency:.2f} s")
+
+    second = stack.start("listener-2", listen, stack.env)
+    # The message comes back after its 3 s visibility timeout; the second listener finds
+    # the file announced and deletes it.
+    stack.wait_for("the redelivered message to be handled", lambda: _in_queue(stack) == 0,
+                   timeout=120)
+    assert "already announced" in second.log.read_text(), second.tail()
+    done = stack.finished(run["id"])
+    assert done["state_type"] == "COMPLETED", (done["state"], stack.logs())
+    started = (datetime.fromisoformat(done["start_time"]) - uploaded_at).total_seconds()
+    print(f"listener: upload to flow run running in {started:.2f} s (workers poll each 1 s)")
+    assert sorted(r["prompt"] for r in manifest(stack, run["parameters"]["batch_id"])) == sorted(
+        prompts)
+    assert [e["payload"]["uri"] for e in _events(stack, "flashgen.prompts.uploaded")
+            ].count(uri) == 1
+    assert [r["id"] for r in stack.runs_of("generate-images/inbox")
+            if r["parameters"]["source"] == uri] == [run["id"]]
+    assert stack.emulator_stats()["submissions"] == submissions + len(prompts)
+    second.stop()
+    assert second.popen.returncode == 0, second.tail()  # SIGTERM: a clean stop
+
+
+def _alerts_about(stack: Stack, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The alerts (subject, body) whose text names this flow run."""
+    texts = [json.loads(n["body"]) for n in stack.notifications()]
+    return [t for t in texts if run["id"] in t["body"] or f"run {run['name']} " in t["subject"]]
+
+
+def test_a_refused_run_pages_no_one_and_a_failed_batch_alerts_once(stack):
+    """A wrong token is refused before anything is sent: the run ends Refused, emits
+    flashgen.batch.refused, and no alert goes out. A batch whose items fail ends
+    BatchFailed and sends one alert, with counts, first errors and the run's link. (Both
+    are counted again at the end of the module, once later alerts have arrived.)"""
     bad = stack.tokens["bad"]
-    run_id = stack.run_deployment(
+    refused = stack.finished(stack.run_deployment(
         "generate-images/on-demand",
         "-p", 'prompts=["A lighthouse keeper\'s cat, oil painting"]',
-        "--job-variable", "env=" + json.dumps({"RUNCOMFY_API_TOKEN": bad}))
-    run = stack.finished(run_id)
-    assert run["state_type"] == "FAILED", (run["state"], stack.logs())
+        "--job-variable", "env=" + json.dumps({"RUNCOMFY_API_TOKEN": bad})))
+    assert (refused["state_type"], refused["state_name"]) == ("FAILED", "Refused"), (
+        refused["state"], stack.logs())
+    message = refused["state"]["message"]
+    assert message.startswith("nothing sent: token refused:") and "RUNCOMFY_API_TOKEN" in message
+    assert "00000000-" not in message
+    [event] = stack.wait_for("the flashgen.batch.refused event", lambda: [
+        e for e in _events(stack, "flashgen.batch.refused")
+        if e["payload"]["flow_run_id"] == refused["id"]], timeout=60)
+    assert "RUNCOMFY_API_TOKEN" in event["payload"]["refused"]
 
-    def both_alerts() -> list[dict[str, Any]]:
-        got = [n for n in stack.notifications() if run_id in n["body"] or
-               run["name"] in n["body"]]
-        subjects = " ".join(json.loads(n["body"])["subject"] for n in got)
-        return got if "is Failed" in subjects and "batch" in subjects else []
-
-    alerts = stack.wait_for("the run-failed and batch-failed alerts", both_alerts, timeout=90)
-    texts = [json.loads(n["body"]) for n in alerts]
-    run_alert = next(t for t in texts if "is Failed" in t["subject"])
-    assert "Deployment: on-demand" in run_alert["body"]
-    assert f"/runs/flow-run/{run_id}" in run_alert["body"]
-    batch_alert = next(t for t in texts if t["subject"].startswith("flashgen: batch"))
-    # The token is tried for free before anything is sent: the batch is refused whole.
-    assert "First errors:\n- nothing sent: " in batch_alert["body"]
-    assert "Prefect Secret block" in batch_alert["body"]  # it says where the token came from
-    assert f"/runs/flow-run/{run_id}" in batch_alert["body"]
+    before = stack.emulator_stats()
+    httpx.post(stack.emulator + "/_emulator/faults", json={"faults": ["job:fail:1"]},
+               timeout=10).raise_for_status()
+    try:
+        failed = stack.finished(stack.run_deployment(
+            "generate-images/on-demand", "-p", "batch_id=it-failed",
+            "-p", 'prompts=["A glass of water on a sunny windowsill"]'))
+    finally:
+        httpx.post(stack.emulator + "/_emulator/faults", json={"faults": []},
+                   timeout=10).raise_for_status()
+    assert (failed["state_type"], failed["state_name"]) == ("FAILED", "BatchFailed"), (
+        failed["state"], stack.logs())
+    assert stack.emulator_stats()["submissions"] == before["submissions"] + 1
+    [alert] = stack.wait_for("the batch-failed alert", lambda: _alerts_about(stack, failed),
+                             timeout=90)
+    assert alert["subject"].startswith("flashgen: batch it-failed failed"), alert
+    assert "Counts: 0 stored, 0 skipped, 1 failed, 0 invalid" in alert["body"]
+    assert "First errors:\n- line 1: " in alert["body"]
+    assert f"/runs/flow-run/{failed['id']}" in alert["body"]
+    assert _alerts_about(stack, refused) == []
     everything = stack.hook_file.read_text()
     assert bad not in everything and stack.tokens["good"] not in everything
+    stack.alerted = {"refused": refused, "failed": failed}
+
+
+def _events(stack: Stack, name: str) -> list[dict[str, Any]]:
+    return stack.post("/events/filter", {"filter": {
+        "event": {"name": [name]},
+        "occurred": {"since": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}},
+        "limit": 50})["events"]
 
 
 def test_two_runs_at_once_stay_within_the_api_limit_and_submit_nothing_twice(stack):
@@ -456,6 +555,21 @@ def test_a_run_whose_heartbeats_stop_is_marked_crashed_and_announced(stack):
             json.loads(n["body"]) for n in stack.notifications()
             if f"run {run['name']} is Crashed" in json.loads(n["body"])["subject"]], timeout=60)
         assert "State: Crashed" in alert[0]["body"] and "No heartbeat" in alert[0]["body"]
+        # A marker alert sent after this one: once it has arrived, any second alert about
+        # these runs would have too.
+        sentinel = "it-sentinel-" + stack.marker[:6]
+        httpx.post(f"{stack.api}/events", json=[{
+            "id": str(uuid.uuid4()), "occurred": datetime.now(UTC).isoformat(),
+            "event": "flashgen.batch.failed", "resource": {
+                "prefect.resource.id": f"flashgen.batch.{sentinel}"},
+            "payload": {"batch_id": sentinel, "counts": {}, "first_errors": []}}],
+            timeout=30).raise_for_status()
+        stack.wait_for("the sentinel alert", lambda: [
+            n for n in stack.notifications() if sentinel in n["body"]], timeout=60)
+        assert len(_alerts_about(stack, run)) == 1  # the crash: once
+        if stack.alerted:  # the refused run: never; the failed batch: once
+            assert _alerts_about(stack, stack.alerted["refused"]) == []
+            assert len(_alerts_about(stack, stack.alerted["failed"])) == 1
     finally:
         httpx.put(f"{stack.api}/automations/{zombie['id']}", json=provisioned,
                   timeout=30).raise_for_status()

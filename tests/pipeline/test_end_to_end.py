@@ -57,6 +57,29 @@ def _batch(env, source, *args, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600, **kw)
 
 
+def test_cli_refusals_exit_2_and_say_so_once_in_words_for_what_was_asked(stack):
+    """A typo'd aspect ratio to `generate` is refused before Prefect starts, worded for one
+    image; a wrong token is refused by the flow, named by where it came from. Each prints
+    one line, once; nothing is sent."""
+    api, env, s3, prefix = stack
+    typo = subprocess.run([*FLASHGEN, "generate", "a fox", "--aspect-ratio", "7:3"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert typo.returncode == 2, typo.stderr
+    said = typo.stdout + typo.stderr
+    assert said.count("'7:3' is not allowed") == 1, said
+    assert said.startswith("error: aspect_ratio: ") and "batch" not in said and "line 1" not in said
+
+    wrong = "wrong-token-do-not-print-77"
+    refused = subprocess.run([*FLASHGEN, "generate", "a fox"], env={
+        **env, "RUNCOMFY_API_TOKEN": wrong}, capture_output=True, text=True, timeout=600)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode == 2, said
+    [line] = [line for line in said.splitlines() if "rejected the token" in line]
+    assert line.startswith("error: token refused: ") and "RUNCOMFY_API_TOKEN" in line, said
+    assert "00000000" not in said and wrong not in said
+    assert api.stats()["submissions"] == 0
+
+
 def test_cli_batch_lands_everything_in_s3(stack, tmp_path):
     api, env, s3, prefix = stack
     source = tmp_path / "p.csv"

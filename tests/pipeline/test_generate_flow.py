@@ -98,6 +98,7 @@ async def test_known_request_id_is_resumed_not_resubmitted(pipeline, emulator):
 async def test_ambiguous_submission_is_recorded_and_not_resent(pipeline, emulator):
     state, summary = await _run(prompts=PROMPTS[:1])
     assert state.is_failed() and summary.failed == 1
+    assert state.name == "BatchFailed"  # its batch-failed event alerts, not the run's state
     assert "Ambiguous" in summary.rows[0].reason
     entry, _ = pipeline.read_ledger(summary.rows[0].fingerprint)
     assert entry.state == LedgerState.AMBIGUOUS
@@ -224,6 +225,8 @@ async def test_a_rejected_token_fails_before_anything_is_sent_and_is_never_logge
     get_settings.cache_clear()
     state, error = await _run(prompts=PROMPTS[:2])
     assert state.is_failed() and isinstance(error, AuthenticationError)
+    assert state.name == "Refused"  # not "Failed": no run-failed alert pages for it
+    assert state.message.startswith("nothing sent: token refused: ")  # not the probe's id
     assert wrong not in state.message and wrong not in str(error)
     assert emulator.stats()["submissions"] == 0  # the token is tried for free first
     assert _objects(pipeline, "ledger/") == []
