@@ -170,7 +170,8 @@ def batch(
     max_items: Annotated[int | None, typer.Option(
         help="Refuse to send more than N paid submissions.")] = None,
     max_cost: Annotated[float | None, typer.Option(
-        help="Refuse to spend more than X (needs FLASHGEN_PRICE_PER_IMAGE).")] = None,
+        help="Refuse to spend more than X USD (at the catalog price, or "
+        "FLASHGEN_PRICE_PER_IMAGE).")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Also copy the batch's images and an offline gallery into this folder.")] = None,
 ) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flashgen.client import RunComfyClient
-from flashgen.errors import BudgetError
+from flashgen.errors import AccountError, BudgetError
 from flashgen.ledger import Ledger
 from flashgen.records import LedgerEntry
 from flashgen.settings import Settings
@@ -29,12 +29,20 @@ class SubmitBudget:
 
     limit: int | None = None  # None: no cap
     sent: int = 0
+    halted: str | None = None  # why the account refuses every submit (an AccountError)
 
     def spend(self) -> None:
+        if self.halted:
+            raise AccountError(f"not sent: the API refused an earlier submit for the account "
+                               f"({self.halted})")
         if self.limit is not None and self.sent >= self.limit:
             raise BudgetError(f"budget: {self.sent} paid submission(s) sent, the cap is "
                               f"{self.limit}; not sending more")
         self.sent += 1
+
+    def halt(self, reason: str) -> None:
+        """The account cannot pay (funds, model disabled): send nothing more this run."""
+        self.halted = self.halted or reason
 
     def refund(self) -> None:
         """A submit that certainly created no job (refused, or never delivered)."""
