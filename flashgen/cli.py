@@ -9,6 +9,7 @@
     flashgen provision                     bucket, limits, pool, blocks, automations
     flashgen ledger list|show|resolve      what was paid for, and settling ambiguous items
     flashgen gallery BATCH_ID [--out DIR]  the batch's gallery: a presigned link, a local copy
+    flashgen cost BATCH_ID                 what a batch spent (the API's costs) against its plan
     flashgen catalog rebuild               the Parquet catalog of every batch in the bucket
 
 Prefect is imported only by the commands that run flows, so ``--help`` stays quick and
@@ -342,6 +343,27 @@ def gallery(
     typer.echo(page.url)
     if index is not None:
         typer.echo(f"local copy: {index}", err=True)
+
+
+@app.command()
+def cost(
+    batch_id: Annotated[str, typer.Argument(help="The batch (its manifest's name).")],
+    bucket: BucketOpt = None,
+    prefix: PrefixOpt = None,
+) -> None:
+    """Print what a batch spent: the costs the API reported on its records, and its plan."""
+    from flashgen.spend import batch_spend
+
+    try:
+        spend = batch_spend(_store_with_manifest(batch_id, bucket, prefix), batch_id)
+    except InputError as exc:
+        _fail(exc, 2)
+    except FlashgenError as exc:
+        _fail(exc)
+    typer.echo(f"batch {batch_id}")
+    for name, value in spend.model_dump().items():
+        typer.echo(f"  {name + ':':<15} {'unknown' if value is None else value}")
+    typer.echo("  " + spend.line())
 
 
 catalog_app = typer.Typer(help="The Parquet catalog of every batch, for data teams.",

@@ -54,7 +54,7 @@ async def price_for(client, model_id: str, *, override: float | None = None) -> 
     if override is not None:
         said = (f"{info.base_price_usd:g} per {unit}" if info.base_price_usd is not None
                 else "no price")
-        return Price(per_image=override, source=f"{OVERRIDE} (override; the catalog says {said})")
+        return Price(per_image=override, source=f"{OVERRIDE}, overriding the catalog's {said}")
     if info.base_price_usd is None or unit != "output":
         return Price(source=f"unknown: the catalog prices {model_id} per {unit}; set {OVERRIDE}")
     return Price(per_image=info.base_price_usd,

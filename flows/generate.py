@@ -228,8 +228,10 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
                     manifest.add(row)
                 records: dict[str, ImageRecord] = {}
                 await _run_items(ctx, plan, stored, manifest, records, slots)
+        spend = manifest.spend.model_copy(update={"planned_usd": run_plan.estimated_cost})
         manifest_uri = await asyncio.to_thread(
-            store.put_manifest_file, batch_id, manifest.close(), dict(manifest.counts))
+            store.put_manifest_file, batch_id, manifest.close(), dict(manifest.counts),
+            {"spend": spend.model_dump()})
         failpoint("manifest")
         views = await _publish_views(store, batch_id, manifest, records, settings)
     flow_run_id = runtime_flow_run.get_id()
@@ -238,7 +240,7 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
         flow_run_url=url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None,
         deployment=runtime_deployment.name, max_failure_ratio=options.max_failure_ratio,
         plan=run_plan, gallery_url=views.gallery_url if views else None,
-        catalog_uri=views.catalog_uri if views else None)
+        catalog_uri=views.catalog_uri if views else None, spend=spend)
     log.info("%s; manifest %s", summary.describe(), manifest_uri)
     await publish_table(summary, summary.rows)
     emit_batch_event(summary)

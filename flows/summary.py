@@ -13,6 +13,7 @@ from flashgen.errors import BatchFailedError
 from flashgen.manifest import ManifestSpool
 from flashgen.plan import RunPlan
 from flashgen.records import ItemState, ManifestRow
+from flashgen.spend import Spend
 from flashgen.flows.events import BATCH_COMPLETED, BATCH_FAILED
 
 FIRST_ERRORS = 5
@@ -38,6 +39,7 @@ class BatchSummary(BaseModel):
     refused: str | None = None  # why the run stopped before sending anything (bad input)
     gallery_url: str | None = None  # presigned link to the batch's HTML gallery
     catalog_uri: str | None = None  # the batch's Parquet file in the catalog
+    spend: Spend | None = None  # planned against the costs the API reported (USD)
 
     @property
     def failure_ratio(self) -> float:
@@ -56,7 +58,8 @@ class BatchSummary(BaseModel):
             return (f"batch {self.batch_id} (dry run, nothing sent): {self.plan.to_send} new "
                     f"paid submission(s) of {self.plan.items} item(s)")
         return (f"batch {self.batch_id}: {self.stored} stored, {self.skipped} skipped, "
-                f"{self.failed} failed, {self.invalid} invalid of {self.total}")
+                f"{self.failed} failed, {self.invalid} invalid of {self.total}"
+                + (f"; {self.spend.line()}" if self.spend else ""))
 
     @classmethod
     def from_spool(cls, batch_id: str, spool: ManifestSpool, **fields) -> BatchSummary:
@@ -104,7 +107,8 @@ def emit_batch_event(summary: BatchSummary) -> None:
                  "counts": {"total": summary.total, "stored": summary.stored,
                             "skipped": summary.skipped, "failed": summary.failed,
                             "invalid": summary.invalid},
-                 "manifest_uri": summary.manifest_uri, "first_errors": summary.failures},
+                 "manifest_uri": summary.manifest_uri, "first_errors": summary.failures,
+                 "spend": summary.spend.model_dump() if summary.spend else None},
     )
 
 
