@@ -79,9 +79,13 @@ def error_text(body: Any) -> str:
 
 def error_in(body: Any) -> ErrorBody | None:
     """The error a 2xx body reports (a top-level ``error_code`` or ``error_message``), or
-    None for an ordinary answer. A failed job's ``error`` object is not one: it is the
-    job's state, reported by a status that worked."""
-    if not isinstance(body, dict):
+    None for an ordinary answer. A body with a job's state (``status`` a string such as
+    ``"failed"``) is not one, whatever error it describes: the call worked, the job did not.
+
+    >>> error_in({"status": "failed", "error_message": "out of memory"}) is None
+    True
+    """
+    if not isinstance(body, dict) or isinstance(body.get("status"), str):
         return None
     code = error_code(body)
     message = body.get("error_message")

@@ -693,9 +693,13 @@ def _completed(answer: AnswerT, request_id: str) -> AnswerT:
     """A status or result that ended well; a failed or cancelled end raises its JobError."""
     state = answer.state
     if state is JobState.FAILED:
+        # The job's error object, or else an error_message beside its state.
+        error = answer.error
+        if error is None:
+            error = answers.error_text(answer.model_extra or {}) or None
         raise JobFailedError(
-            f"job {request_id} ended {answer.status!r}: {answer.error!r}",
-            request_id=request_id, status=answer.status, error=answer.error,
+            f"job {request_id} ended {answer.status!r}: {error!r}",
+            request_id=request_id, status=answer.status, error=error,
         )
     if state is JobState.CANCELLED:
         raise JobCancelledError(

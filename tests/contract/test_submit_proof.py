@@ -2,7 +2,8 @@
 shows that the POST arrived, so it is "not sent" only when the answer says no job was made.
 
 Here the emulator really makes the job, and the answer the client sees is then reshaped
-on its way back: whatever the shape, the client must not call it unsent."""
+on its way back: whatever the shape, the client must not call it unsent. Likewise a status
+is read for what it says: a job's state beside an error is the job's end, not a failed call."""
 
 from __future__ import annotations
 
@@ -58,3 +59,24 @@ async def test_an_answer_that_does_not_say_no_job_was_made_is_ambiguous(shape: s
     assert not caught.value.transient  # never resent
     if shape == "200 error naming the job":
         assert caught.value.request_id == made[0]  # kept, to be adopted
+
+
+async def test_a_failed_jobs_error_message_beside_its_state_is_the_jobs_error() -> None:
+    """A status that says ``failed`` with a top-level ``error_message`` is a job that
+    failed (the call worked), not an error answer to retry until the deadline."""
+    from flashgen.errors import JobFailedError
+
+    async with emulated("in-process") as emu, emu.client() as client:
+        rid = (await client.submit(DEFAULT_MODEL, FOX)).request_id
+
+        async def failed(request: httpx.Request, response: httpx.Response) -> httpx.Response:
+            if request.url.path.endswith("/status"):
+                return _json(200, {"request_id": rid, "status": "failed",
+                                   "error_code": 500001, "error_message": "out of memory"})
+            return response
+
+        emu.recorder.edit = failed
+        with pytest.raises(JobFailedError) as caught:
+            await client.wait(rid, timeout=3600.0)
+    assert caught.value.error == "out of memory"
+    assert emu.sent("GET", f"/v1/requests/{rid}/status") == 1
