@@ -18,7 +18,7 @@ import logging
 
 from pydantic import BaseModel
 
-from flashgen.errors import ApiError, AuthenticationError, InputError, NotFoundError
+from flashgen.errors import ApiError, InputError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +36,14 @@ async def price_for(client, model_id: str, *, override: float | None = None) -> 
     """The price of one image of ``model_id``; ``client`` is a ``RunComfyClient``.
 
     Raises ``InputError`` (field ``model_id``) when the catalog says the model does not
-    exist, and ``AuthenticationError`` when it refuses the token.
+    exist. Any other failure (a refused token included: the run's token check says so
+    next) falls back to ``override``.
     """
     try:
         info = await client.model(model_id)
     except NotFoundError as exc:
         raise InputError(f"model_id: {model_id!r} is not in the API's model catalog "
                          f"({exc.message})", field="model_id") from None
-    except AuthenticationError:
-        raise
     except ApiError as exc:  # no catalog here (an older API), or it is down: fall back
         log.warning("model catalog unavailable: %s", exc)
         if override is not None:
