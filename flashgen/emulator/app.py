@@ -39,7 +39,9 @@ DESCRIPTION = """\
 A local stand-in for RunComfy's Model API (async queue endpoints), served by flashgen.
 Same routes, bodies, states, error shape and absolute URLs; jobs run on a simulated
 queue and produce placeholder PNGs that show their prompt. Output files are served
-from `/files/…` and need no token.
+from `/files/…` and need no token. Beyond the model page, it serves what RunComfy's own
+clients expect (flashgen's docs/PROTOCOL-NOTES.md): cancel answers with an `outcome`, the
+model catalog with prices, and `cost` on results asked for with `include_cost=true`.
 """
 
 
