@@ -40,7 +40,7 @@ class ManifestSpool:
     def add(self, row: ManifestRow) -> None:
         self._file.write(row.model_dump_json() + "\n")
         self.counts[row.state] += 1
-        self.spend.add(row.cost, paid=row.state == ItemState.STORED and bool(row.request_id))
+        self.spend.add_row(row)
         if row.state in (ItemState.FAILED, ItemState.INVALID) and (
                 len(self.failures) < FIRST_FAILURES):
             self.failures.append(f"line {row.line}: {row.reason}")

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pydantic import BaseModel
 
 from flashgen.errors import StorageError
-from flashgen.records import ImageRecord, ManifestRow
+from flashgen.records import ImageRecord, ItemState, ManifestRow
 from flashgen.storage import Store
 
 
@@ -36,8 +36,13 @@ class Spend(BaseModel):
     def of_rows(cls, rows: Iterable[ManifestRow], *, planned_usd: float | None = None) -> Spend:
         spend = cls(planned_usd=planned_usd)
         for row in rows:
-            spend.add(row.cost, paid=bool(row.request_id) and row.state.value == "stored")
+            spend.add_row(row)
         return spend
+
+    def add_row(self, row: ManifestRow) -> None:
+        """Count a manifest row: a job this batch stored is paid, whether or not its cost
+        was reported."""
+        self.add(row.cost, paid=row.state == ItemState.STORED and bool(row.request_id))
 
     def add(self, cost: float | None, *, paid: bool) -> None:
         """Count one item: its reported ``cost``, or, when ``paid`` without one, a gap."""

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 class SubmitBudget:
     """Paid submissions this run may still send: ``max_items`` and ``max_cost`` as a count.
 
-    Counted at the POST itself, so retries, resubmissions and ``--force`` all count.
+    Counted at the POST itself, so retries, resubmissions and ``--force`` all count. An
+    ``AccountError`` halts it: nothing more is sent this run (an empty account refuses all).
     """
 
     limit: int | None = None  # None: no cap

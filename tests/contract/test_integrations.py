@@ -5,7 +5,7 @@ error's text is ``error_message`` first. Each fact once, the client against the 
 from __future__ import annotations
 
 import pytest
-from emulated import emulated
+from emulated import emulated, seed_for
 
 from flashgen.errors import AccountError, TransientApiError
 from flashgen.models import DEFAULT_MODEL
@@ -55,11 +55,8 @@ async def test_200_with_a_server_error_code_is_transient_and_retried(route: str)
 async def test_a_200_error_once_then_a_good_answer_goes_on() -> None:
     async with emulated("in-process") as emu, emu.client() as client:
         rid = (await client.submit(DEFAULT_MODEL, FOX)).request_id
-        await emu.set_faults(["status:error-200:0.5"], seed=_seed_first_only())
+        spec = "status:error-200:0.5"
+        await emu.set_faults([spec], seed=seed_for("status", spec, ["error-200", None]))
         assert (await client.status(rid)).request_id == rid
-
-
-def _seed_first_only() -> int:
-    from emulated import seed_for
-
-    return seed_for("status", "status:error-200:0.5", ["error-200", None])
+        stats = await emu.stats()
+    assert stats["faults_injected"] == {"error-200": 1} and stats["status_polls"] == 2

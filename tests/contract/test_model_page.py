@@ -45,10 +45,9 @@ async def test_a_queued_job_is_cancelled_and_an_in_progress_one_is_not() -> None
         assert await client.cancel(running) is CancelOutcome.NOT_CANCELLABLE
 
 
-@pytest.mark.parametrize("token, error", [("wrong", AuthenticationError)])
-async def test_a_bad_token_is_401(token: str, error: type[Exception]) -> None:
-    async with emulated("in-process", tokens=["right"]) as emu, emu.client(token) as client:
-        with pytest.raises(error) as caught:
+async def test_a_bad_token_is_401() -> None:
+    async with emulated("in-process", tokens=["right"]) as emu, emu.client("wrong") as client:
+        with pytest.raises(AuthenticationError) as caught:
             await client.status("r1")
     assert caught.value.status_code == 401 and caught.value.error_code == 401001
 
