@@ -71,6 +71,7 @@ CATALOG_SCHEMA = pa.schema([
     pa.field("attempts", pa.int32()),
     pa.field("flow_run_id", pa.string()),
     pa.field("deployment", pa.string()),
+    pa.field("cost", pa.float64()),  # USD this batch paid for the row's job, as the API said
 ])
 
 
@@ -104,6 +105,7 @@ class CatalogRow(BaseModel):
     attempts: int | None = None
     flow_run_id: str | None = None
     deployment: str | None = None
+    cost: float | None = None
 
     @classmethod
     def of(cls, batch_id: str, row: ManifestRow, record: ImageRecord | None) -> CatalogRow:
@@ -114,6 +116,7 @@ class CatalogRow(BaseModel):
             "seed": row.seed,
             "aspect_ratio": row.aspect_ratio, "request_id": row.request_id,
             "image_uri": (row.image_uris or [None])[0], "metadata_uri": row.metadata_uri,
+            "cost": row.cost,
         }
         if record is not None:
             inputs = record.inputs
@@ -134,6 +137,9 @@ class CatalogRow(BaseModel):
                 "completed_at": _utc(timings.completed_at), "stored_at": _utc(timings.stored_at),
                 "polls": record.polls, "attempts": record.attempts,
                 "flow_run_id": record.flow_run_id, "deployment": record.deployment,
+                # A manifest from before costs were kept: its own records still say.
+                "cost": row.cost if row.cost is not None or record.batch_id != batch_id
+                else record.cost,
             }
         return cls(**fields)
 

@@ -10,6 +10,7 @@
     flashgen listen                        S3 uploads to the inbox → flashgen.prompts.uploaded
     flashgen ledger list|show|resolve      what was paid for, and settling ambiguous items
     flashgen gallery BATCH_ID [--out DIR]  the batch's gallery: a presigned link, a local copy
+    flashgen cost BATCH_ID                 what a batch spent (the API's costs) against its plan
     flashgen catalog rebuild               the Parquet catalog of every batch in the bucket
 
 Prefect is imported only by the commands that run flows, so ``--help`` stays quick and
@@ -179,7 +180,8 @@ def batch(
     max_items: Annotated[int | None, typer.Option(
         help="Refuse to send more than N paid submissions.")] = None,
     max_cost: Annotated[float | None, typer.Option(
-        help="Refuse to spend more than X (needs FLASHGEN_PRICE_PER_IMAGE).")] = None,
+        help="Refuse to spend more than X USD (at the catalog price, or "
+        "FLASHGEN_PRICE_PER_IMAGE).")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Also copy the batch's images and an offline gallery into this folder.")] = None,
 ) -> None:
@@ -414,6 +416,27 @@ def gallery(
     typer.echo(page.url)
     if index is not None:
         typer.echo(f"local copy: {index}", err=True)
+
+
+@app.command()
+def cost(
+    batch_id: Annotated[str, typer.Argument(help="The batch (its manifest's name).")],
+    bucket: BucketOpt = None,
+    prefix: PrefixOpt = None,
+) -> None:
+    """Print what a batch spent: the costs the API reported on its records, and its plan."""
+    from flashgen.spend import batch_spend
+
+    try:
+        spend = batch_spend(_store_with_manifest(batch_id, bucket, prefix), batch_id)
+    except InputError as exc:
+        _fail(exc, 2)
+    except FlashgenError as exc:
+        _fail(exc)
+    typer.echo(f"batch {batch_id}")
+    for name, value in spend.model_dump().items():
+        typer.echo(f"  {name + ':':<15} {'unknown' if value is None else value}")
+    typer.echo("  " + spend.line())
 
 
 catalog_app = typer.Typer(help="The Parquet catalog of every batch, for data teams.",

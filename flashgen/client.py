@@ -24,20 +24,29 @@ same reason. Waits grow 0.5 s, 1 s, 2 s, … (×2, capped at 30 s, up to 25 % ji
 taken: the error is raised at once. All waiting goes through ``flashgen.timing``.
 
     call       attempts  budget  retried on
-    submit        4       30 s   only what proves nothing was sent: cannot connect, pool
-                                 timeout, 429. Anything that may have arrived (read timeout,
-                                 reset, 5xx, malformed body) raises AmbiguousSubmissionError
-                                 at once and is never resent: a paid job may exist.
-    status        4       30 s   transport errors, 408, 429, 5xx, malformed bodies
+    submit        4       30 s   only what proves no job was made: cannot connect, pool
+                                 timeout, 429, HTTP 200 with a server error_code (500001).
+                                 Anything that may have arrived and made a job (read
+                                 timeout, reset, 1xx/3xx, 408, 5xx, a 2xx without a
+                                 request_id, an error body that names a request_id) raises
+                                 AmbiguousSubmissionError at once and is never resent.
+    status        4       30 s   transport errors, 408, 429, 5xx, malformed bodies, 200 +
+                                 a server error_code
     result        4       30 s   the same
-    cancel        3       15 s   the same (cancelling twice is harmless)
+    cancel        3       15 s   the same (cancelling twice is harmless); a job that is
+                                 running or finished is an outcome, never an error
+    catalog       3       15 s   the same (GET /v1/models, /v1/models/{model_id})
     download      3       30 s   transport errors, 408, 429, 5xx from the file host
     wait          —    timeout=  one ``status`` call per poll (with its retries above);
                                  polls are timed by ``flashgen.polling.PollPlan``; a poll
                                  that still fails is tried again later, to the deadline
 
-401/403/404/422 and the account codes are never retried. ``RunComfyClient(retries=...)``
-overrides rows of this table (``DEFAULT_RETRIES``).
+Never retried: 401/403 (``AuthenticationError``), 404 (``NotFoundError``), 400 and 422
+(``RejectedInputError``), 402 and the account codes 10001–10003 (``AccountError``, also
+when they come as HTTP 200 + ``error_code``). An error's text is its ``error_message``,
+else ``message``, ``error`` or ``detail``. ``flashgen.answers`` holds this reading of the
+API's answers. ``RunComfyClient(retries=...)`` overrides rows of this table
+(``DEFAULT_RETRIES``).
 
 Everything the server says (error bodies, status and result answers, a job's ``error``,
 transport error texts) passes ``_scrub`` before it reaches an exception, a model, a log
@@ -60,7 +69,7 @@ from urllib.parse import quote, quote_plus
 import httpx
 from pydantic import SecretStr
 
-from flashgen import timing
+from flashgen import answers, timing
 from flashgen.errors import (
     AccountError,
     AmbiguousSubmissionError,
@@ -84,6 +93,7 @@ from flashgen.models import (
     JobResult,
     JobState,
     JobStatus,
+    ModelInfo,
     SubmitHandle,
     validate_inputs,
 )
@@ -104,7 +114,7 @@ __all__ = ["DEFAULT_RETRIES", "Download", "FileKind", "RunComfyClient"]
 T = TypeVar("T")
 AnswerT = TypeVar("AnswerT", JobStatus, JobResult)
 FileKind = Literal["image", "video"]
-Call = Literal["submit", "status", "result", "cancel", "download"]
+Call = Literal["submit", "status", "result", "cancel", "catalog", "download"]
 
 log = logging.getLogger("flashgen.client")
 
@@ -114,6 +124,7 @@ DEFAULT_RETRIES: Mapping[Call, Backoff] = {
     "status": Backoff(attempts=4, budget=30.0),
     "result": Backoff(attempts=4, budget=30.0),
     "cancel": Backoff(attempts=3, budget=15.0),
+    "catalog": Backoff(attempts=3, budget=15.0),
     "download": Backoff(attempts=3, budget=30.0),
 }
 # How long an idle connection is kept for reuse. Servers close idle ones (uvicorn after
@@ -122,7 +133,6 @@ DEFAULT_RETRIES: Mapping[Call, Backoff] = {
 # under a second stays inside any common server's timeout, and a busy run's connections
 # are reused long before that.
 KEEPALIVE_SECONDS = 0.75
-_ACCOUNT_CODES = frozenset({10001, 10002, 10003})
 # Failures raised before a single byte of the request left this process.
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _EXCERPT = 300  # characters of a server's text quoted in an error message
@@ -290,10 +300,10 @@ class RunComfyClient:
             request_id=request_id,
         )
 
-    async def result(self, request_id: str) -> JobResult:
+    async def result(self, request_id: str, *, include_cost: bool = False) -> JobResult:
         """The job's result: outputs once completed, else its current state (keep polling).
 
-        4 attempts, 30 s.
+        ``include_cost`` asks for the job's ``cost`` (USD) too. 4 attempts, 30 s.
         """
         return await self._call(
             "result",
@@ -301,16 +311,40 @@ class RunComfyClient:
             _request_path(request_id, "result"),
             lambda _, body: JobResult.model_validate({"request_id": request_id, **_object(body)}),
             request_id=request_id,
+            params={"include_cost": "true"} if include_cost else None,
         )
+
+    async def model(self, model_id: str) -> ModelInfo:
+        """The model's catalog entry: its ``base_price_usd`` per ``price_unit``.
+
+            info = await client.model(DEFAULT_MODEL)   # NotFoundError: no such model
+
+        3 attempts, 15 s.
+        """
+        path = "/v1/models/" + quote(_check_id(model_id, "model_id").strip("/"), safe="/")
+        return await self._call(
+            "catalog", "GET", path,
+            lambda _, body: ModelInfo.model_validate({"model_id": model_id, **_object(body)}),
+            request_id=None, what=f"catalog entry of {model_id}",
+        )
+
+    async def models(self) -> list[ModelInfo]:
+        """Every model in the catalog (a list, or an object holding one under ``models``
+        or ``data``). 3 attempts, 15 s."""
+        return await self._call("catalog", "GET", "/v1/models", _model_list,
+                                request_id=None, what="model catalog")
 
     async def cancel(self, request_id: str) -> CancelOutcome:
         """Ask the API to cancel a job; say what happened (never raises for 'too late').
 
             if await client.cancel(rid) is CancelOutcome.NOT_CANCELLABLE: ...  # it runs on
 
-        3 attempts, 15 s (plus one ``status`` when a refusal does not say why).
+        The API answers 2xx with ``outcome`` ``cancelled`` or ``not_cancellable`` (and the
+        job's ``status``, or not); older answers, a bare ``status`` or a 409 refusal, read
+        the same. 3 attempts, 15 s (plus one ``status`` when the answer does not say which
+        state a job that was not cancelled is in).
         """
-        accepted, current = await self._call(
+        outcome, current = await self._call(
             "cancel",
             "POST",
             _request_path(request_id, "cancel"),
@@ -318,10 +352,16 @@ class RunComfyClient:
             request_id=request_id,
             refusals=(400, 409),
         )
-        if current is None:  # refused without saying why: ask
-            current = (await self.status(request_id)).status
+        if outcome == "cancelled":
+            return CancelOutcome.CANCELLED
+        if current is None:  # not cancelled, and not told why: ask
+            try:
+                current = (await self.status(request_id)).status
+            except ApiError as exc:  # the cancel was answered; the job may still run
+                log.warning("cancel of %s: not cancelled, state unknown (%s)", request_id, exc)
+                return CancelOutcome.NOT_CANCELLABLE
         state = JobStatus(request_id=request_id, status=current).state
-        if state is JobState.CANCELLED and accepted:
+        if state is JobState.CANCELLED and outcome is None:  # the old shape: {status}
             return CancelOutcome.CANCELLED
         if state.terminal:
             return CancelOutcome.ALREADY_FINISHED
@@ -455,20 +495,24 @@ class RunComfyClient:
         path: str,
         parse: Callable[[httpx.Response, Any], T],
         *,
-        request_id: str,
+        request_id: str | None,
         refusals: tuple[int, ...] = (),
+        params: dict[str, str] | None = None,
+        what: str | None = None,
     ) -> T:
         """A safe-to-repeat API call: retried on anything transient, then parsed.
 
         ``parse`` gets the response and its JSON body, already scrubbed of the token (None
         when the body is not JSON); it raises ``ValueError`` for a body it cannot use.
-        ``refusals`` are error statuses that ``parse`` reads as answers (cancel's 409).
+        ``refusals`` are error statuses that ``parse`` reads as answers (cancel's 409). A
+        2xx whose body is an error (``answers.error_in``) raises that error.
         """
-        what = f"{call} of {request_id}"
+        what = what or f"{call} of {request_id}"
 
         async def once() -> T:
             try:
-                response = await self._http.request(method, path, auth=self._auth)
+                response = await self._http.request(method, path, auth=self._auth,
+                                                     params=params)
             except Exception as exc:  # safe to repeat, whatever broke on the way
                 raise TransientApiError(
                     f"{what}: no answer from the API ({self._error_text(exc)})",
@@ -476,8 +520,11 @@ class RunComfyClient:
                 ) from exc
             if not (response.is_success or response.status_code in refusals):
                 raise self._api_error(response, what=what, request_id=request_id)
+            body = self._body(response)
+            if response.is_success and answers.error_in(body):
+                raise self._api_error(response, what=what, request_id=request_id)
             try:
-                return parse(response, self._body(response))
+                return parse(response, body)
             except ValueError:  # not JSON, or not the shape the protocol promises
                 raise TransientApiError(
                     f"{what}: HTTP {response.status_code} with a malformed body "
@@ -490,28 +537,47 @@ class RunComfyClient:
         return result
 
     def _submit_answer(self, response: httpx.Response, what: str) -> SubmitHandle:
-        """The handle in a submit's answer; no usable answer means the job may exist."""
-        if response.is_success:
+        """The handle in a submit's answer, or the error it proves (``flashgen.answers``):
+        an answer that does not say no job was made means the job may exist."""
+        code = response.status_code
+        body = self._body(response)
+        if response.is_success and not answers.error_in(body):
             try:
-                return SubmitHandle.model_validate(_object(self._body(response)))
+                handle = SubmitHandle.model_validate(_object(body))
+                if not answers.names_request(body):
+                    raise ValueError("no request_id")
+                return handle
             except ValueError:
                 raise AmbiguousSubmissionError(
-                    f"{what}: HTTP {response.status_code} with a malformed body "
-                    f"({self._excerpt(response)}); a job may exist and is not resubmitted",
-                    status_code=response.status_code,
+                    f"{what}: HTTP {code} with a malformed body ({self._excerpt(response)}); "
+                    "a job may exist and is not resubmitted",
+                    status_code=code,
                 ) from None
-        error = self._api_error(response, what=what, request_id=None)
-        if response.status_code >= 500 or response.status_code == 408:  # it may have run
+        if not (response.is_success or answers.proves_nothing_sent(code)):
+            # 1xx, 3xx, 408, 5xx: it arrived, and nothing says that no job was made.
+            error = self._api_error(response, what=what, request_id=None)
             raise AmbiguousSubmissionError(
                 f"{error.message}; a job may exist and is not resubmitted",
-                status_code=error.status_code, error_code=error.error_code, detail=error.detail,
+                status_code=code, error_code=error.error_code, detail=error.detail,
             )
-        raise error  # 429 (retried by the caller's loop) or a 4xx: known not to have run
+        error = self._api_error(response, what=what, request_id=None)
+        named = answers.names_request(body)
+        if named:  # an error that names a job: it may exist after all
+            raise AmbiguousSubmissionError(
+                f"{error.message}; the answer names request {named}: a job may exist and "
+                "is not resubmitted",
+                status_code=code, error_code=error.error_code, detail=error.detail,
+                request_id=named,
+            )
+        # The API refused it (a 4xx, or a 200 error body): no job was made. A transient
+        # one (429, a 200 with a server error code) is retried by the caller's loop.
+        raise error
 
     def _api_error(
         self, response: httpx.Response, *, what: str, request_id: str | None
     ) -> ApiError:
-        """The exception for an error answer, by HTTP status and RunComfy error_code."""
+        """The exception for an error answer (an error status, or a 2xx error body), by the
+        status it means and RunComfy's error_code (``flashgen.answers``)."""
         code = response.status_code
         error_code, message, detail = _error_fields(response)
         message, detail = _clip(self._scrub(message)), self._scrub_any(detail)
@@ -521,7 +587,8 @@ class RunComfyClient:
         }
         head = f"{what}: HTTP {code}" + (f" (error_code {error_code})" if error_code else "")
         text = f"{head}: {message}" if message else head
-        if error_code in _ACCOUNT_CODES:
+        code = answers.implied_status(code, error_code)
+        if code == answers.PAYMENT_REQUIRED:
             return AccountError(f"{text} [account: funds, or model disabled/deleted]", **kw)
         if code in (401, 403):
             return AuthenticationError(
@@ -531,8 +598,9 @@ class RunComfyClient:
             )
         if code == 404:
             return NotFoundError(text, **kw)
-        if code == 422:
-            return RejectedInputError(f"{text}; detail: {_clip(repr(detail))}", **kw)
+        if code in (400, 422):
+            more = f"; detail: {_clip(repr(detail))}" if detail not in (None, message) else ""
+            return RejectedInputError(text + more, **kw)
         if code == 429:
             return RateLimitedError(text, retry_after=_retry_after(response), **kw)
         if code >= 500 or code == 408:
@@ -625,9 +693,13 @@ def _completed(answer: AnswerT, request_id: str) -> AnswerT:
     """A status or result that ended well; a failed or cancelled end raises its JobError."""
     state = answer.state
     if state is JobState.FAILED:
+        # The job's error object, or else an error_message beside its state.
+        error = answer.error
+        if error is None:
+            error = answers.error_text(answer.model_extra or {}) or None
         raise JobFailedError(
-            f"job {request_id} ended {answer.status!r}: {answer.error!r}",
-            request_id=request_id, status=answer.status, error=answer.error,
+            f"job {request_id} ended {answer.status!r}: {error!r}",
+            request_id=request_id, status=answer.status, error=error,
         )
     if state is JobState.CANCELLED:
         raise JobCancelledError(
@@ -661,17 +733,33 @@ def _object(body: Any) -> dict[str, Any]:
     return body
 
 
-def _cancel_answer(response: httpx.Response, body: Any) -> tuple[bool, str | None]:
-    """(accepted, the job's status string if the answer says it) from a cancel answer."""
+def _cancel_answer(response: httpx.Response, body: Any) -> tuple[str | None, str | None]:
+    """(outcome, the job's status) from a cancel answer, each None where it says nothing.
+
+    ``{outcome, status?}`` is the API's answer; ``{status}`` alone is the older one; a 409
+    refusal (older still) is ``not_cancellable``, its ``detail.status`` the job's state.
+    """
     if response.is_success:
-        status = _object(body).get("status")
-        if not isinstance(status, str):
-            raise ValueError("cancel answer without a status")
-        return True, status
-    # A refusal: its detail names the job's current status, if it says anything usable.
+        data = _object(body)
+        outcome, status = data.get("outcome"), data.get("status")
+        outcome = outcome.strip().lower() if isinstance(outcome, str) else None
+        status = status if isinstance(status, str) else None
+        if outcome is None and status is None:
+            raise ValueError("cancel answer with neither an outcome nor a status")
+        return outcome, status
     detail = body.get("detail") if isinstance(body, dict) else None
     status = detail.get("status") if isinstance(detail, dict) else None
-    return False, status if isinstance(status, str) else None
+    return "not_cancellable", status if isinstance(status, str) else None
+
+
+def _model_list(response: httpx.Response, body: Any) -> list[ModelInfo]:
+    entries = body
+    if isinstance(body, dict):
+        entries = next((body[k] for k in ("models", "data") if isinstance(body.get(k), list)),
+                       None)
+    if not isinstance(entries, list):
+        raise ValueError("the catalog is not a list of models")
+    return [ModelInfo.model_validate(_object(entry)) for entry in entries]
 
 
 def _token_fix(source: str) -> str:
@@ -703,12 +791,7 @@ def _error_fields(response: httpx.Response) -> tuple[int | None, str, Any]:
         body = response.json()
     except ValueError:
         return None, response.text or response.reason_phrase, None
-    if not isinstance(body, dict):
-        return None, str(body), None
-    raw = body.get("error_code")
-    error_code = int(raw) if isinstance(raw, int | str) and str(raw).isdigit() else None
-    message = body.get("message") or body.get("error") or response.reason_phrase
-    return error_code, str(message), body.get("detail")
+    return answers.error_of(body, response.reason_phrase)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

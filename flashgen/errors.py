@@ -10,8 +10,9 @@
     │   ├── PermanentApiError       retrying cannot help
     │   │   ├── AuthenticationError 401 / 403: token missing, wrong or not allowed
     │   │   ├── NotFoundError       404: unknown model or request
-    │   │   ├── RejectedInputError  422: the API refused the input
-    │   │   └── AccountError        10001 / 10002 / 10003: funds, model disabled or deleted
+    │   │   ├── RejectedInputError  400 / 422: the API refused the input
+    │   │   └── AccountError        402, or 10001 / 10002 / 10003 (also in an HTTP 200):
+    │   │                           funds, model disabled or deleted; a run stops submitting
     │   └── AmbiguousSubmissionError  a submit whose answer was lost: it may have created a
     │                                 paid job, so it is never resent without being asked
     ├── JobError                    the API worked, the job did not

@@ -39,6 +39,7 @@ from pydantic import BaseModel
 from flashgen.batch_records import MAX_PARALLEL_READS, read_records
 from flashgen.errors import StorageError
 from flashgen.records import ImageRecord, ItemState, ManifestRow
+from flashgen.spend import Spend, planned_of
 from flashgen.storage import Store, parse_s3_uri
 
 MAX_EMBEDDED_IMAGES = 2000
@@ -70,6 +71,7 @@ def render_gallery(
     max_images: int = MAX_EMBEDDED_IMAGES,
     links_expire_at: datetime | None = None,
     now: datetime | None = None,
+    spend: Spend | None = None,
 ) -> str:
     """The batch's gallery as one HTML document.
 
@@ -87,7 +89,8 @@ def render_gallery(
     shown, listed = with_image[:max_images], with_image[max_images:]
     now = now or datetime.now(UTC)
 
-    parts = [_head(batch_id), _header(batch_id, len(rows), counts, now, links_expire_at)]
+    parts = [_head(batch_id), _header(batch_id, len(rows), counts, now, links_expire_at,
+                                      spend)]
     if shown:
         parts.append(_section(
             "images", "Images", len(with_image),
@@ -171,7 +174,7 @@ def _head(batch_id: str) -> str:
 
 
 def _header(batch_id: str, total: int, counts: Counter, now: datetime,
-            expires: datetime | None) -> str:
+            expires: datetime | None, spend: Spend | None = None) -> str:
     chips = "".join(_chip(state, counts.get(state, 0)) for state in ItemState)
     when = f"Made {_stamp(now)}"
     if expires:
@@ -182,7 +185,8 @@ def _header(batch_id: str, total: int, counts: Counter, now: datetime,
             f'<h1>Batch <span class="id">{_e(batch_id)}</span></h1>'
             f'<ul class="counts"><li class="count total" data-state="total">'
             f"<b>{total:,}</b> rows</li>{chips}</ul>"
-            f'<p class="when">{when}</p></div></header><main class="wrap">')
+            + (f'<p class="spend">{_e(spend.line())}</p>' if spend else "")
+            + f'<p class="when">{when}</p></div></header><main class="wrap">')
 
 
 def _chip(state: ItemState, count: int) -> str:
@@ -282,6 +286,7 @@ h1 .id{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-wei
 .count.stored{box-shadow:inset 3px 0 0 #3ecf8e}.count.skipped{box-shadow:inset 3px 0 0 #9aa4b5}
 .count.failed{box-shadow:inset 3px 0 0 #ff6b6b}.count.invalid{box-shadow:inset 3px 0 0 #ffb14a}
 .when{margin:12px 0 0;color:#9aa4b5;font-size:13px}
+.spend{margin:12px 0 0;color:#d6dbe4;font-size:14px}
 .when code{color:#d8dde6}
 section{margin:28px 0}
 h2{font-size:19px;margin:0 0 2px}
@@ -348,8 +353,9 @@ def publish_gallery(
     rows = store.read_manifest(batch_id) if rows is None else rows
     records = read_records(store, rows, records)
     expires_at = datetime.now(UTC) + timedelta(seconds=expires_in)
+    spend = Spend.of_rows(rows, planned_usd=planned_of(store, batch_id))
     page = render_gallery(batch_id, rows, records, lambda uri: store.presign(uri, expires_in),
-                          max_images=max_images, links_expire_at=expires_at)
+                          max_images=max_images, links_expire_at=expires_at, spend=spend)
     key = store.layout.gallery(batch_id)
     uri = store.put_bytes(key, page.encode("utf-8"), HTML_CONTENT_TYPE)
     return PublishedGallery(uri=uri, url=store.presign(key, expires_in), expires_at=expires_at)

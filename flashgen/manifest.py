@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from flashgen.records import ItemState, ManifestRow
+from flashgen.spend import Spend
 
 FIRST_FAILURES = 5
 
@@ -29,6 +30,7 @@ class ManifestSpool:
         self.counts: Counter[ItemState] = Counter()
         self.failures: list[str] = []  # "line N: reason", the first few
         self.rows: list[ManifestRow] = []  # the first ``keep`` rows, for tables
+        self.spend = Spend()  # the costs the API reported, summed as rows arrive
         self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close)
 
     @property
@@ -38,6 +40,7 @@ class ManifestSpool:
     def add(self, row: ManifestRow) -> None:
         self._file.write(row.model_dump_json() + "\n")
         self.counts[row.state] += 1
+        self.spend.add_row(row)
         if row.state in (ItemState.FAILED, ItemState.INVALID) and (
                 len(self.failures) < FIRST_FAILURES):
             self.failures.append(f"line {row.line}: {row.reason}")

@@ -279,6 +279,7 @@ class JobResult(JobStatus):
     output: dict[str, Any] | None = None
     created_at: str | None = None
     finished_at: str | None = None
+    cost: float | None = None  # USD, when asked for (``include_cost=true``) and known
 
     @property
     def outputs(self) -> list[tuple[str, str]]:
@@ -295,6 +296,16 @@ class JobResult(JobStatus):
     @property
     def uris(self) -> list[str]:
         return [uri for uri, _ in self.outputs]
+
+
+class ModelInfo(_Answer):
+    """A model's catalog entry (``GET /v1/models/{model_id}``): its price, per output image
+    or per second of output."""
+
+    model_id: str
+    base_price_usd: float | None = None
+    price_unit: str | None = None  # "output" or "second"
+    pricing_note: str | None = None
 
 
 class CancelOutcome(StrEnum):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from flashgen.plan import RunPlan
+from flashgen.spend import Spend
 
 
 class BatchOutcome(BaseModel):
@@ -25,6 +26,7 @@ class BatchOutcome(BaseModel):
     flow_run_url: str | None = None
     dry_run: bool = False  # planned only: nothing was sent
     plan: RunPlan | None = None  # what the run set out to do, before it paid
+    spend: Spend | None = None  # planned against the costs the API reported (USD)
 
     @property
     def failure_ratio(self) -> float:

@@ -2,9 +2,10 @@
 
 ``census`` reads the ledger entry of every planned item (a bounded number at a time) and
 ``RunPlan`` says what a run would do: skip what is stored, resume what is in flight,
-leave ambiguous items alone, and send the rest — with the estimated cost when the user
-gave a price (``FLASHGEN_PRICE_PER_IMAGE``). A dry run prints it and stops; a real run
-logs it, puts it in an artifact and checks it against ``--max-items`` / ``--max-cost``.
+leave ambiguous items alone, and send the rest — with the estimated cost at the model's
+price (``flashgen.pricing``: the API's catalog, or ``FLASHGEN_PRICE_PER_IMAGE``), whose
+source it names. A dry run prints it and stops; a real run logs it, puts it in an artifact
+and checks it against ``--max-items`` / ``--max-cost``.
 
     >>> plan = RunPlan(rows=3, items=4, invalid=1, to_send=4, price_per_image=0.02)
     >>> plan.estimated_cost, plan.over_budget(max_items=3, max_cost=None)
@@ -36,7 +37,8 @@ class RunPlan(BaseModel):
     in_flight: int = 0  # a request_id is known: polled, not paid again
     ambiguous: int = 0  # maybe sent before: not resent without --resubmit-ambiguous
     to_send: int = 0  # new paid submissions
-    price_per_image: float | None = None
+    price_per_image: float | None = None  # USD
+    price_source: str | None = None  # where the price comes from (flashgen.pricing)
 
     @property
     def estimated_cost(self) -> float | None:
@@ -51,7 +53,8 @@ class RunPlan(BaseModel):
         if max_cost is not None:
             cost = self.estimated_cost
             if cost is None:
-                return "plan: --max-cost needs FLASHGEN_PRICE_PER_IMAGE (your price per image)"
+                return ("plan: --max-cost needs a price per image, and there is none "
+                        f"({self.price_source or 'unknown'})")
             if cost > max_cost:
                 return (f"plan: {self.to_send} new paid submission(s) at "
                         f"{self.price_per_image:g} each = {cost:g}, over --max-cost {max_cost:g}")
@@ -78,8 +81,10 @@ class RunPlan(BaseModel):
             f"in flight (resume):     {self.in_flight}",
             f"ambiguous (not resent): {self.ambiguous}",
             f"new paid submissions:   {self.to_send}",
-            "estimated cost:         " + ("unknown (set FLASHGEN_PRICE_PER_IMAGE)"
-                                          if cost is None else f"{cost:g}"),
+            "price per image:        " + (
+                "unknown" if self.price_per_image is None else f"{self.price_per_image:g} USD")
+            + f" ({self.price_source or 'set FLASHGEN_PRICE_PER_IMAGE'})",
+            "estimated cost:         " + ("unknown" if cost is None else f"{cost:g} USD"),
         ]
 
 

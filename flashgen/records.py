@@ -85,6 +85,9 @@ class ImageRecord(BaseModel):
     batch_id: str | None = None
     flow_run_id: str | None = None
     deployment: str | None = None
+    # USD the API says the job cost (``include_cost``), on its first output's record only,
+    # so that a sum over records counts each job once; None where the API did not say.
+    cost: float | None = None
 
 
 class ManifestRow(BaseModel):
@@ -101,3 +104,4 @@ class ManifestRow(BaseModel):
     image_uris: list[str] = Field(default_factory=list)
     metadata_uri: str | None = None
     seconds: float | None = None
+    cost: float | None = None  # USD this batch paid for the item's job, when the API said

@@ -15,7 +15,7 @@
     FLASHGEN_CONCURRENCY_LIMIT      the Prefect global concurrency limit that shares them
     FLASHGEN_SEND_LEASE     seconds a "sending" ledger entry is honoured (one submit request)
     FLASHGEN_STATE_DIR      this machine's journal of request_ids not yet in the ledger
-    FLASHGEN_PRICE_PER_IMAGE        your own price per image, for plans and --max-cost
+    FLASHGEN_PRICE_PER_IMAGE        USD per image, over the API catalog's (plans, --max-cost)
     FLASHGEN_MAX_IMAGE_BYTES / FLASHGEN_MAX_VIDEO_BYTES   download caps (50 MB / 100 MB)
     FLASHGEN_JOB_DEADLINE   seconds a job may take from submit to finish (default 900)
     FLASHGEN_POLL_INITIAL / FLASHGEN_POLL_MAXIMUM   status polling interval bounds (s)

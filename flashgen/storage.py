@@ -398,20 +398,24 @@ class Store:
         self._put_summary(batch_id, s3_key, Counter(str(row.state) for row in rows))
         return self.uri(s3_key)
 
-    def put_manifest_file(self, batch_id: str, path: Path, counts: dict[str, int]) -> str:
-        """Upload a spooled JSONL manifest (``flashgen.manifest``), then its summary."""
+    def put_manifest_file(self, batch_id: str, path: Path, counts: dict[str, int],
+                          extra: dict[str, Any] | None = None) -> str:
+        """Upload a spooled JSONL manifest (``flashgen.manifest``), then its summary
+        (with ``extra`` fields, e.g. the batch's ``spend``)."""
         s3_key = self.layout.manifest(batch_id)
         self._put(s3_key, Path(path).read_bytes(), NDJSON)
-        self._put_summary(batch_id, s3_key, counts)
+        self._put_summary(batch_id, s3_key, counts, extra)
         return self.uri(s3_key)
 
-    def _put_summary(self, batch_id: str, s3_key: str, counts: dict[str, int]) -> None:
+    def _put_summary(self, batch_id: str, s3_key: str, counts: dict[str, int],
+                     extra: dict[str, Any] | None = None) -> None:
         summary = {
             "batch_id": batch_id,
             "manifest_uri": self.uri(s3_key),
             "rows": sum(counts.values()),
             "counts": {str(state): n for state, n in counts.items()},
             "written_at": datetime.now(UTC).isoformat(),
+            **(extra or {}),
         }
         self.put_json(self.layout.manifest_summary(batch_id), summary)
 

@@ -79,7 +79,7 @@ def print_plan(summary: BatchSummary) -> None:
     out = Console(width=max(Console().width, 100))
     out.print(f"[bold]{summary.describe()}[/]")
     for line in summary.plan.lines() if summary.plan else []:
-        out.print("  " + line)
+        out.print("  " + line, soft_wrap=True)  # a price's source is one line, unbroken
 
 
 def _key(uri: str) -> str:

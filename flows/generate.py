@@ -55,6 +55,7 @@ from flashgen.manifest import ManifestSpool
 from flashgen.models import DEFAULT_MODEL, unchecked_model_note, validate_inputs
 from flashgen.options import BatchOptions
 from flashgen.plan import RunPlan, Stored, census
+from flashgen.pricing import Price, price_for
 from flashgen.records import ImageRecord, ItemState, ManifestRow, Timings
 from flashgen.settings import Settings, get_settings, resolve_token
 from flashgen.sources import (
@@ -129,7 +130,8 @@ async def generate_images(
         run_date: fills ``{date}`` in prompts; default the run's scheduled date (UTC).
         dry_run: plan only: validate, read the ledger, print the plan; send nothing.
         max_items: refuse to send more than this many paid submissions.
-        max_cost: refuse to spend more than this (needs FLASHGEN_PRICE_PER_IMAGE).
+        max_cost: refuse to spend more than this many USD, at the model's catalog price
+            (or FLASHGEN_PRICE_PER_IMAGE).
     """
     try:
         options = BatchOptions.parse(
@@ -218,10 +220,14 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
         # Announced before planning (a dry run sends nothing and is not): other runs leave
         # this one its share while it plans (flashgen.flows.slots, "Fairness").
         async with _api_slots(settings, options) as slots:
-            plan, run_plan, stored = await _make_plan(options, settings, store, rows,
-                                                      Path(workdir), batch_id, run_date)
             token = await resolve_token(settings)
             async with RunComfyClient.from_settings(settings, token) as client:
+                # The catalog's price (an unknown model is refused here, before any cost).
+                price = await price_for(client, options.model_id,
+                                        override=settings.price_per_image)
+                plan, run_plan, stored = await _make_plan(options, settings, store, rows,
+                                                          Path(workdir), batch_id, run_date,
+                                                          price)
                 await _check_token(client)
                 if options.dry_run:
                     return BatchSummary(batch_id=batch_id, plan=run_plan, dry_run=True,
@@ -233,8 +239,10 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
                     manifest.add(row)
                 records: dict[str, ImageRecord] = {}
                 await _run_items(ctx, plan, stored, manifest, records, slots)
+        spend = manifest.spend.model_copy(update={"planned_usd": run_plan.estimated_cost})
         manifest_uri = await asyncio.to_thread(
-            store.put_manifest_file, batch_id, manifest.close(), dict(manifest.counts))
+            store.put_manifest_file, batch_id, manifest.close(), dict(manifest.counts),
+            {"spend": spend.model_dump()})
         failpoint("manifest")
         views = await _publish_views(store, batch_id, manifest, records, settings)
     flow_run_id = runtime_flow_run.get_id()
@@ -243,7 +251,7 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
         flow_run_url=url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None,
         deployment=runtime_deployment.name, max_failure_ratio=options.max_failure_ratio,
         plan=run_plan, gallery_url=views.gallery_url if views else None,
-        catalog_uri=views.catalog_uri if views else None)
+        catalog_uri=views.catalog_uri if views else None, spend=spend)
     log.info("%s; manifest %s", summary.describe(), manifest_uri)
     await publish_table(summary, summary.rows)
     emit_batch_event(summary)
@@ -251,8 +259,8 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
 
 
 async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
-                     rows: list[Row] | None, workdir: Path, batch_id: str, run_date: str
-                     ) -> tuple[BatchPlan, RunPlan, dict[str, Stored]]:
+                     rows: list[Row] | None, workdir: Path, batch_id: str, run_date: str,
+                     price: Price) -> tuple[BatchPlan, RunPlan, dict[str, Stored]]:
     """Every row read and checked, the bucket probed, the ledger read: what the run will do,
     logged, published and held against the budget, before anything is paid for."""
     log = get_run_logger()
@@ -271,14 +279,15 @@ async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
         resubmit_ambiguous=options.resubmit_ambiguous)
     run_plan = RunPlan(rows=plan.rows, items=plan.items, invalid=len(plan.invalid),
                        duplicates=len(plan.duplicates),
-                       price_per_image=settings.price_per_image, **counts)
+                       price_per_image=price.per_image, price_source=price.source,
+                       **counts)
     log.info("batch %s plan:\n%s", batch_id, "\n".join(run_plan.lines()))
     await acreate_markdown_artifact(
         key=artifact_key("plan", batch_id), markdown=_plan_markdown(batch_id, run_plan),
         description=f"what batch {batch_id} will do before it pays")
     problem = run_plan.over_budget(max_items=options.max_items, max_cost=options.max_cost)
     if problem:
-        raise BudgetError(f"{problem}; nothing sent. " + "; ".join(run_plan.lines()[-2:]))
+        raise BudgetError(f"{problem}; nothing sent. " + "; ".join(run_plan.lines()[-3:]))
 
     return plan, run_plan, stored
 
@@ -438,7 +447,8 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
                                    sent.attempts)
         records.update(zip(stored.record_uris, stored.records, strict=True))
         return _done(row, began, ItemState.STORED, None, image_uris=stored.image_uris,
-                     metadata_uri=stored.record_uris[0] if stored.record_uris else None)
+                     metadata_uri=stored.record_uris[0] if stored.record_uris else None,
+                     cost=stored.records[0].cost if stored.records else None)
     except Exception as exc:  # one item's failure is recorded, never the batch's end
         log.error("line %s failed: %s", item.line, exc)
         return _done(row, began, ItemState.FAILED, f"{type(exc).__name__}: {exc}")

@@ -34,7 +34,8 @@ class BatchSummary(BatchOutcome):
             return (f"batch {self.batch_id} (dry run, nothing sent): {self.plan.to_send} new "
                     f"paid submission(s) of {self.plan.items} item(s)")
         return (f"batch {self.batch_id}: {self.stored} stored, {self.skipped} skipped, "
-                f"{self.failed} failed, {self.invalid} invalid of {self.total}")
+                f"{self.failed} failed, {self.invalid} invalid of {self.total}"
+                + (f"; {self.spend.line()}" if self.spend else ""))
 
     @classmethod
     def from_spool(cls, batch_id: str, spool: ManifestSpool, **fields) -> BatchSummary:
@@ -85,7 +86,8 @@ def emit_batch_event(summary: BatchSummary) -> None:
                             "skipped": summary.skipped, "failed": summary.failed,
                             "invalid": summary.invalid},
                  "manifest_uri": summary.manifest_uri, "first_errors": summary.failures,
-                 "refused": summary.refused},
+                 "refused": summary.refused,
+                 "spend": summary.spend.model_dump() if summary.spend else None},
     )
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flashgen.client import RunComfyClient
-from flashgen.errors import BudgetError
+from flashgen.errors import AccountError, BudgetError
 from flashgen.ledger import Ledger
 from flashgen.records import LedgerEntry
 from flashgen.settings import Settings
@@ -24,17 +24,26 @@ log = logging.getLogger(__name__)
 class SubmitBudget:
     """Paid submissions this run may still send: ``max_items`` and ``max_cost`` as a count.
 
-    Counted at the POST itself, so retries, resubmissions and ``--force`` all count.
+    Counted at the POST itself, so retries, resubmissions and ``--force`` all count. An
+    ``AccountError`` halts it: nothing more is sent this run (an empty account refuses all).
     """
 
     limit: int | None = None  # None: no cap
     sent: int = 0
+    halted: str | None = None  # why the account refuses every submit (an AccountError)
 
     def spend(self) -> None:
+        if self.halted:
+            raise AccountError(f"not sent: the API refused an earlier submit for the account "
+                               f"({self.halted})")
         if self.limit is not None and self.sent >= self.limit:
             raise BudgetError(f"budget: {self.sent} paid submission(s) sent, the cap is "
                               f"{self.limit}; not sending more")
         self.sent += 1
+
+    def halt(self, reason: str) -> None:
+        """The account cannot pay (funds, model disabled): send nothing more this run."""
+        self.halted = self.halted or reason
 
     def refund(self) -> None:
         """A submit that certainly created no job (refused, or never delivered)."""

@@ -34,6 +34,7 @@ from flashgen import timing
 from flashgen.decode import verify_output
 from flashgen.failpoints import failpoint
 from flashgen.errors import (
+    AccountError,
     AmbiguousSubmissionError,
     FlashgenError,
     JobCancelledError,
@@ -77,6 +78,7 @@ class FetchedFile(BaseModel):
     width: int | None = None
     height: int | None = None
     source_host: str | None = None
+    cost: float | None = None  # USD the API says the job cost; on the job's first file only
 
 
 class StoredFiles(BaseModel):
@@ -126,6 +128,8 @@ async def submit(ctx: BatchContext, item: Item) -> Submission:
         raise
     except FlashgenError as exc:  # refused, or never delivered: no job exists
         ctx.budget.refund()
+        if isinstance(exc, AccountError):  # an empty account refuses every submit after it
+            ctx.budget.halt(str(exc))
         await asyncio.to_thread(ledger.record_unsent, ref, str(exc), before)
         raise
     # Anything else (a cancel, a timeout mid-POST) leaves 'sending' for its lease to settle.
@@ -173,7 +177,8 @@ async def fetch(ctx: BatchContext, item: Item, request_id: str) -> list[FetchedF
     request_id (the job is paid; it is never resubmitted).
     """
     fetched = []
-    for index, download in enumerate(await ctx.client.fetch_outputs(request_id)):
+    result = await ctx.client.result(request_id, include_cost=True)
+    for index, download in enumerate(await ctx.client.fetch_outputs(request_id, result)):
         size = verify_output(download.content, download.content_type, request_id=request_id)
         path = Path(ctx.spool) / f"{request_id}-{index}"
         await asyncio.to_thread(path.write_bytes, download.content)
@@ -181,7 +186,8 @@ async def fetch(ctx: BatchContext, item: Item, request_id: str) -> list[FetchedF
             path=str(path), content_type=download.content_type, size=len(download.content),
             sha256=hashlib.sha256(download.content).hexdigest(),
             width=size[0] if size else None, height=size[1] if size else None,
-            source_host=urlsplit(download.uri).hostname))
+            source_host=urlsplit(download.uri).hostname,
+            cost=result.cost if index == 0 else None))
     failpoint("fetched")
     return fetched
 
@@ -205,7 +211,7 @@ async def store(ctx: BatchContext, item: Item, request_id: str, files: list[Fetc
             width=file.width, height=file.height, output_index=index,
             source_host=file.source_host, timings=timings.model_copy(update={"stored_at": _now()}),
             polls=polls, attempts=attempts, batch_id=ctx.batch_id, flow_run_id=ctx.flow_run_id,
-            deployment=ctx.deployment)
+            deployment=ctx.deployment, cost=file.cost)
         record_uris.append(await asyncio.to_thread(ctx.store.put_record, record, when=when))
         image_uris.append(obj.uri)
         records.append(record)

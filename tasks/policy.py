@@ -9,14 +9,18 @@ Which layer retries what (one layer per concern):
   deadline (``RunComfyClient.wait``): the job runs on whatever its poll met;
 - a task is retried by Prefect (``RETRIES`` times, with backoff) only for outages longer
   than one call's budget, and only where a retry cannot pay twice:
-  ``submit`` after a transient API error that proves nothing was sent (429 or unreachable
-  for longer than the client's budget), or an S3 outage longer than botocore's (a
+  ``submit`` after a transient API error that proves no job was made (429, unreachable, or
+  HTTP 200 with a server ``error_code``, for longer than the client's budget), or an S3
+  outage longer than botocore's (a
   request_id the API already returned waits in the ledger's local journal, and the retry
   asks the ledger first, so it adopts that request_id instead of resending);
   ``fetch`` after the result or file host stayed unavailable, or a download arrived whole
   by HTTP but does not decode (``CorruptDownloadError``): fetched again from the
   request_id; ``store`` after an S3 outage (its writes are idempotent).
-  Anything else a task raises is final for the task.
+  Anything else a task raises is final for the task: ``AccountError`` (402, or 10001–10003
+  in any answer, HTTP 200 included) also halts the run's submits (``SubmitBudget.halt``),
+  ``RejectedInputError`` (400 or 422), an ambiguous submit, a cancel's outcome (never an
+  error).
 
 So a status call is tried at most 4 times, an S3 call 8 (a ledger write 8 × 4 across task
 retries), a result or download 4 × 4, and an unsent submit 4 × 4 (never again once it

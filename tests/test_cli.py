@@ -33,7 +33,7 @@ def test_schema_of_an_unknown_model_names_the_known_ones():
 
 @pytest.mark.parametrize("command", [
     [], ["emulator"], ["schema"], ["status"], ["result"], ["cancel"], ["generate"], ["batch"],
-    ["demo"], ["provision"], ["listen"]])
+    ["demo"], ["provision"], ["listen"], ["cost"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output

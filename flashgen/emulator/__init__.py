@@ -8,6 +8,10 @@
 In-process, without a socket: ``httpx.ASGITransport(app=create_app(config))``.
 From the shell: ``flashgen emulator --port 8188 --fault status:429:0.2``.
 
+It serves the model page's contract and what RunComfy's own clients add to it (cancel
+``outcome``, the priced model catalog, ``include_cost``, errors as HTTP 200 +
+``error_code``): ``docs/PROTOCOL-NOTES.md`` lists each fact and its source.
+
     config.py    options (FLASHGEN_EMULATOR_*)     jobs.py     the simulated queue
     app.py       routes and error handlers         service.py  what each route does
     inputs.py    strict schema validation          images.py   placeholder PNGs

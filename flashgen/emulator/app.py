@@ -19,7 +19,7 @@ lifespan, and no state is tied to an event loop (see ``jobs.py``).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -39,7 +39,9 @@ DESCRIPTION = """\
 A local stand-in for RunComfy's Model API (async queue endpoints), served by flashgen.
 Same routes, bodies, states, error shape and absolute URLs; jobs run on a simulated
 queue and produce placeholder PNGs that show their prompt. Output files are served
-from `/files/…` and need no token.
+from `/files/…` and need no token. Beyond the model page, it serves what RunComfy's own
+clients expect (flashgen's docs/PROTOCOL-NOTES.md): cancel answers with an `outcome`, the
+model catalog with prices, and `cost` on results asked for with `include_cost=true`.
 """
 
 
@@ -52,7 +54,19 @@ class ErrorBody(BaseModel):
 
 class CancelAnswer(BaseModel):
     request_id: str
-    status: str
+    status: str | None = None
+    outcome: Literal["cancelled", "not_cancellable"]
+
+
+class ModelEntry(BaseModel):
+    model_id: str
+    base_price_usd: float
+    price_unit: Literal["output", "second"]
+    pricing_note: str
+
+
+class ModelList(BaseModel):
+    models: list[ModelEntry]
 
 
 class FaultSettings(BaseModel):
@@ -159,29 +173,51 @@ def _api_routes(emulator: Emulator) -> APIRouter:
         summary="Retrieve request results",
         description="The outputs once completed (`output.image`, a link that needs no token "
         "and may expire: fetch the result again for a fresh one); otherwise the current "
-        "state, as from status, so the caller keeps polling.",
+        "state, as from status, so the caller keeps polling. `include_cost=true` adds the "
+        "job's `cost` in USD.",
         responses={200: {"model": JobResult}},
     )
-    async def result(request_id: str, request: Request) -> Response:
+    async def result(request_id: str, request: Request, include_cost: bool = False) -> Response:
         emulator.stats.result_calls += 1
         emulator.stats.polls_by_request[request_id] += 1
         return await answer(
-            emulator, "result", lambda: JSONResponse(emulator.result(request_id, base(request)))
+            emulator,
+            "result",
+            lambda: JSONResponse(emulator.result(request_id, base(request), include_cost)),
         )
 
     @router.post(
         "/requests/{request_id}/cancel",
         summary="Cancel a request",
-        description="Cancel a queued job. In-progress and finished jobs cannot be cancelled: "
-        "409 (409001) with `detail.status` saying which state the job is in.",
-        responses={
-            200: {"model": CancelAnswer},
-            409: {"model": ErrorBody, "description": "the job is running or finished (409001)"},
-        },
+        description="Cancel a queued job: `outcome` `cancelled`. A running or finished job "
+        "cannot be cancelled: still a 200, `outcome` `not_cancellable` and the job's "
+        "`status`.",
+        responses={200: {"model": CancelAnswer}},
     )
     async def cancel(request_id: str) -> Response:
         emulator.stats.cancels += 1
         return await answer(emulator, "cancel", lambda: JSONResponse(emulator.cancel(request_id)))
+
+    @router.get(
+        "/models",
+        summary="List models",
+        description="Every model served, with its price.",
+        responses={200: {"model": ModelList}},
+    )
+    async def models() -> Response:
+        emulator.stats.catalog_calls += 1
+        return await answer(emulator, "models", lambda: JSONResponse(emulator.models()))
+
+    @router.get(
+        "/models/{model_id:path}",
+        summary="Get a model",
+        description="One model's catalog entry: `base_price_usd` per `price_unit` "
+        "(`output` or `second`) and a `pricing_note`; 404 (404001) for an unknown model.",
+        responses={200: {"model": ModelEntry}},
+    )
+    async def model(model_id: str) -> Response:
+        emulator.stats.catalog_calls += 1
+        return await answer(emulator, "models", lambda: JSONResponse(emulator.model(model_id)))
 
     return router
 

@@ -63,6 +63,7 @@ def emulator_command(
     fault_seed: Annotated[int | None, typer.Option(help=_about("fault_seed"))] = None,
     retry_after: Annotated[float | None, typer.Option(help=_about("retry_after"))] = None,
     slow_seconds: Annotated[float | None, typer.Option(help=_about("slow_seconds"))] = None,
+    price_usd: Annotated[float | None, typer.Option(help=_about("price_usd"))] = None,
     public_url: Annotated[str | None, typer.Option(help=_about("public_url"))] = None,
 ) -> None:
     """Serve a local emulator of RunComfy's Model API (routes, queue, PNGs, faults)."""
@@ -77,6 +78,7 @@ def emulator_command(
         "fault_seed": fault_seed,
         "retry_after": retry_after,
         "slow_seconds": slow_seconds,
+        "price_usd": price_usd,
         "public_url": public_url,
     }
     try:

@@ -39,6 +39,9 @@ class EmulatorConfig(BaseSettings):
     fault_seed: int | None = Field(None, description="seed that makes fault draws repeatable")
     retry_after: float = Field(1.0, ge=0, description="seconds sent in Retry-After with a 429")
     slow_seconds: float = Field(2.0, ge=0, description="how long a `slow` fault delays")
+    price_usd: float = Field(
+        0.025, ge=0, description="base_price_usd of every model in the catalog (per output)"
+    )
     public_url: str | None = Field(
         None, description="base of absolute URLs; unset: the request's own base URL"
     )

@@ -9,6 +9,14 @@ meets never depends on how often another was called. One draw per call: the rate
 the faults that apply to a route add up (at most 1), and the first spec whose share
 the draw falls into wins.
 
+The error shapes answer instead of the route (a submit makes no job): ``error-200`` is
+HTTP 200 with ``{"error_code": 500001, "error_message": …}``, ``account-200`` the same
+with code 10001 (insufficient balance), ``402`` an HTTP 402, ``400`` (submit) an HTTP 400
+whose text is only in ``error_message``. ``extra-fields`` adds ``model_id`` and
+``instance_id`` to a status or result. On cancel, ``legacy-409`` refuses a running or
+finished job with the emulator's old 409 (``detail.status``) and ``no-status`` leaves
+``status`` out of the answer, keeping only ``outcome``.
+
 Job faults are drawn once, at submit: ``stall`` runs for ever, ``fail`` ends ``failed``,
 and ``echo-auth`` ends ``failed`` with an ``error`` that quotes the submit's
 ``Authorization`` header (token and all), as an API that echoes requests might; a client
@@ -22,13 +30,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 _HTTP_KINDS = ("429", "500", "502", "503", "504", "slow", "drop", "malformed")
+# Error shapes RunComfy's own clients expect (docs/PROTOCOL-NOTES.md): HTTP 200 with a
+# top-level error_code (a server error, or an account code), and 402 for an empty account.
+_ERROR_SHAPES = ("error-200", "account-200", "402")
 
 # The kinds each route can meet. `*` stands for every route where the kind makes sense.
 ROUTE_KINDS: dict[str, tuple[str, ...]] = {
-    "submit": (*_HTTP_KINDS, "lost-answer"),
-    "status": _HTTP_KINDS,
-    "result": _HTTP_KINDS,
-    "cancel": _HTTP_KINDS,
+    "submit": (*_HTTP_KINDS, *_ERROR_SHAPES, "400", "lost-answer"),
+    "status": (*_HTTP_KINDS, *_ERROR_SHAPES, "extra-fields"),
+    "result": (*_HTTP_KINDS, *_ERROR_SHAPES, "extra-fields"),
+    "cancel": (*_HTTP_KINDS, *_ERROR_SHAPES, "legacy-409", "no-status"),
+    "models": (*_HTTP_KINDS, *_ERROR_SHAPES),
     "file": (*_HTTP_KINDS, "expired", "corrupt"),
     "job": ("stall", "fail", "echo-auth"),
 }

@@ -38,6 +38,7 @@ class Job:
     echo: str | None = None  # an Authorization header its error leaks (job:echo-auth)
     model_id: str = ""
     inputs: dict[str, Any] = field(default_factory=dict)
+    cost: float = 0.0  # USD, shown on the result with include_cost=true
     started_at: float | None = None
     cancelled_at: float | None = None
 

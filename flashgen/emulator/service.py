@@ -24,7 +24,7 @@ from typing import Any
 from flashgen.emulator.config import EmulatorConfig
 from flashgen.emulator.faults import FaultPlan
 from flashgen.emulator.images import render_png
-from flashgen.emulator.inputs import checked_inputs
+from flashgen.emulator.inputs import VALIDATORS, checked_inputs
 from flashgen.emulator.jobs import NEVER, Job, JobQueue
 from flashgen.emulator.links import LinkSigner
 from flashgen.emulator.problems import ApiProblem, expired_link, unknown_request
@@ -77,6 +77,7 @@ class Emulator:
             echo=auth if fault == "echo-auth" else None,
             model_id=model_id,
             inputs=inputs,
+            cost=self.config.price_usd,  # the price when it was submitted: one output
         )
         self.stats.count_submission(fingerprint(model_id, inputs))
         self.stats.note_in_flight(self.jobs.in_flight(job.submitted_at))
@@ -90,38 +91,52 @@ class Emulator:
         job = self._job(request_id)
         return self._state(job, self.jobs.advance(), base)
 
-    def result(self, request_id: str, base: str) -> dict[str, Any]:
-        """The outputs once completed, with a freshly signed link; else the state."""
+    def result(self, request_id: str, base: str, include_cost: bool = False) -> dict[str, Any]:
+        """The outputs once completed, with a freshly signed link; else the state.
+
+        ``include_cost``: a completed job's ``cost`` in USD, its model's price per output.
+        """
         job = self._job(request_id)
         now = self.jobs.advance()
         if job.status(now) != "completed":
             return self._state(job, now, base)
         path = _file_path(job.id, 0)
-        return {
+        body = {
             "request_id": job.id,
             "status": "completed",
             "output": {"image": f"{base}{path}{self.links.query(path)}"},
             "created_at": self._iso(job.submitted_at),
             "finished_at": self._iso(job.finished_at),
         }
+        if include_cost:
+            body["cost"] = job.cost
+        return body
 
     def cancel(self, request_id: str) -> dict[str, Any]:
+        """Cancel a queued job. Always a 200 with an ``outcome``, as RunComfy's own clients
+        expect: ``cancelled``, or ``not_cancellable`` with the job's current ``status``."""
         job = self._job(request_id)
         if self.jobs.cancel(job):
             self.stats.cancelled += 1
-            return {"request_id": job.id, "status": "cancelled"}
+            return {"request_id": job.id, "status": "cancelled", "outcome": "cancelled"}
         status = job.status(self.jobs.advance())
-        reason = (
-            "in-progress jobs cannot be cancelled"
-            if status == "in_progress"
-            else f"the job is already {status}; finished jobs cannot be cancelled"
-        )
-        raise ApiProblem(
-            409,
-            409001,
-            f"request {job.id} cannot be cancelled: {reason}",
-            detail={"status": status},
-        )
+        return {"request_id": job.id, "status": status, "outcome": "not_cancellable"}
+
+    def models(self) -> dict[str, Any]:
+        """The catalog: every model the emulator serves, with its price."""
+        return {"models": [self.model(model_id) for model_id in VALIDATORS]}
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        """One model's catalog entry; 404 for a model the emulator does not serve."""
+        if model_id not in VALIDATORS:
+            raise ApiProblem(404, 404001, f"unknown model {model_id!r}")
+        return {
+            "model_id": model_id,
+            "base_price_usd": self.config.price_usd,
+            "price_unit": "output",
+            "pricing_note": f"emulated: ${self.config.price_usd:g} per output image "
+                            "(FLASHGEN_EMULATOR_PRICE_USD)",
+        }
 
     async def image(
         self, request_id: str, index: int, expires: str | None, sig: str | None

@@ -27,6 +27,7 @@ class Stats:
     result_calls: int = 0
     cancels: int = 0  # cancel calls
     cancelled: int = 0  # ... that cancelled a queued job
+    catalog_calls: int = 0  # GET /v1/models and /v1/models/{model_id}
     file_requests: int = 0
     file_downloads: int = 0  # file requests answered with the PNG
     file_requests_with_auth: int = 0  # file requests that carried an Authorization header

@@ -9,10 +9,12 @@
     >>> response.status_code, response.headers["Retry-After"]
     (429, '1')
 
-``429``, ``5xx``, ``expired`` and ``drop`` answer instead of the route, which then never
-runs. ``lost-answer``, ``malformed`` (half the body), ``corrupt`` (a file's bytes flipped,
-its length right) and ``slow`` let the route do its work (a submit creates its job) and
-then spoil, lose or delay the answer.
+``429``, ``5xx``, ``expired``, ``drop`` and the error shapes (``error-200``,
+``account-200``, ``402``, ``400``) answer instead of the route, which then never runs.
+``extra-fields``, ``legacy-409`` and ``no-status`` let the route answer and then reshape
+its body (see ``faults.py``). ``lost-answer``, ``malformed`` (half the body),
+``corrupt`` (a file's bytes flipped, its length right) and ``slow`` let the route do its
+work (a submit creates its job) and then spoil, lose or delay the answer.
 
 A dropped answer sends its headers with a ``Content-Length`` and then raises
 ``DroppedConnection``: uvicorn closes the socket without the body, so a client sees
@@ -25,11 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import httpx
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from flashgen.emulator.problems import ApiProblem, expired_link
@@ -78,6 +81,8 @@ async def answer(
         return ApiProblem(int(kind), 500001, f"server error {kind} (emulated fault)").response()
     if kind == "expired":
         return expired_link().response()
+    if kind in _ERROR_SHAPES:
+        return _ERROR_SHAPES[kind]()
     if kind == "drop":
         # What the route would have sent, so a client's content checks pass and it is the
         # missing body that it meets.
@@ -101,4 +106,41 @@ async def answer(
         return Response(bytes(body), 200, media_type=response.media_type)
     if kind == "slow":
         await asyncio.sleep(config.slow_seconds)
+    if kind in _RESHAPES and response.status_code == 200:
+        return _RESHAPES[kind](json.loads(bytes(response.body)))
     return response
+
+
+# Error answers in the shapes RunComfy's own clients read (docs/PROTOCOL-NOTES.md).
+_ERROR_SHAPES: dict[str, Callable[[], Response]] = {
+    "error-200": lambda: JSONResponse(
+        {"error_code": 500001, "error_message": "internal error (emulated fault error-200)"}),
+    "account-200": lambda: JSONResponse(
+        {"error_code": 10001, "error_message": "insufficient balance (emulated fault "
+                                                "account-200)"}),
+    "402": lambda: JSONResponse(
+        {"status": 402, "error_code": 402001,
+         "error_message": "insufficient balance: top up your account (emulated fault 402)"},
+        status_code=402),
+    "400": lambda: JSONResponse(
+        {"error_message": "aspect_ratio invalid (emulated fault 400)"}, status_code=400),
+}
+
+
+def _extra_fields(body: dict) -> Response:
+    return JSONResponse({**body, "model_id": "emulated/model", "instance_id": "inst-0001"})
+
+
+def _legacy_409(body: dict) -> Response:
+    """The emulator's cancel refusal before 0.3: 409 with the job's state in ``detail``."""
+    if body.get("outcome") != "not_cancellable":
+        return JSONResponse({k: v for k, v in body.items() if k != "outcome"})
+    return ApiProblem(409, 409001, f"request {body['request_id']} cannot be cancelled",
+                      detail={"status": body.get("status")}).response()
+
+
+_RESHAPES: dict[str, Callable[[dict], Response]] = {
+    "extra-fields": _extra_fields,
+    "legacy-409": _legacy_409,
+    "no-status": lambda body: JSONResponse({k: v for k, v in body.items() if k != "status"}),
+}

@@ -192,21 +192,23 @@ async def test_polls_are_counted_per_request() -> None:
         assert (seen["status_polls"], seen["result_calls"]) == (3, 1)
 
 
-async def test_cancel_refuses_finished_jobs_and_says_which_state_they_are_in() -> None:
+async def test_cancel_answers_not_cancellable_for_finished_jobs_with_their_state() -> None:
     async with emulator_client(workers=1, job_time=0.02) as client:
         done = await submit(client, prompt="done")
         await wait_until_done(client, done)
         refused = await client.post(f"/v1/requests/{done}/cancel", headers=AUTH)
-        assert refused.status_code == 409
-        assert refused.json()["detail"] == {"status": "completed"}
-        assert "cannot be cancelled" in refused.json()["message"]
+        assert refused.status_code == 200
+        assert refused.json() == {"request_id": done, "status": "completed",
+                                  "outcome": "not_cancellable"}
 
     async with emulator_client(workers=1, job_time=60) as client:
         await submit(client, prompt="running")
         queued = await submit(client, prompt="queued")
-        assert (await client.post(f"/v1/requests/{queued}/cancel", headers=AUTH)).status_code == 200
+        first = await client.post(f"/v1/requests/{queued}/cancel", headers=AUTH)
+        assert (first.status_code, first.json()["outcome"]) == (200, "cancelled")
         again = await client.post(f"/v1/requests/{queued}/cancel", headers=AUTH)
-        assert (again.status_code, again.json()["detail"]) == (409, {"status": "cancelled"})
+        assert (again.status_code, again.json()["outcome"], again.json()["status"]) == (
+            200, "not_cancellable", "cancelled")
         seen = await stats(client)
         assert (seen["cancels"], seen["cancelled"]) == (2, 1)
 
@@ -237,6 +239,7 @@ async def test_openapi_lists_the_public_routes_and_hides_the_admin_ones() -> Non
         document = (await client.get("/openapi.json")).json()
         paths = document["paths"]
         assert set(paths) == {
+            "/v1/models",
             "/v1/models/{model_id}",
             "/v1/requests/{request_id}/status",
             "/v1/requests/{request_id}/result",
@@ -246,6 +249,7 @@ async def test_openapi_lists_the_public_routes_and_hides_the_admin_ones() -> Non
         for operations in paths.values():
             for operation in operations.values():
                 assert operation["summary"] and operation["description"]
+        assert set(paths["/v1/models/{model_id}"]) == {"get", "post"}  # catalog and submit
         submit_body = paths["/v1/models/{model_id}"]["post"]["requestBody"]
         schema = submit_body["content"]["application/json"]["schema"]
         assert schema["properties"]["aspect_ratio"]["enum"][1] == "1440:810 (16:9)"

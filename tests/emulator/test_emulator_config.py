@@ -29,6 +29,7 @@ def test_every_option_reads_its_environment_variable(monkeypatch: pytest.MonkeyP
         "FAULT_SEED": "4",
         "RETRY_AFTER": "2",
         "SLOW_SECONDS": "0.1",
+        "PRICE_USD": "0.04",
         "PUBLIC_URL": "http://emu.test",
     }
     for name, value in env.items():
@@ -45,6 +46,7 @@ def test_every_option_reads_its_environment_variable(monkeypatch: pytest.MonkeyP
         "fault_seed": 4,
         "retry_after": 2.0,
         "slow_seconds": 0.1,
+        "price_usd": 0.04,
         "public_url": "http://emu.test",
     }
     assert EmulatorConfig(workers=1).workers == 1  # explicit arguments win

@@ -104,12 +104,11 @@ def test_seed_cancel_command_cancels_a_queued_job_and_refuses_a_running_one() ->
         assert run_curl(CANCEL_CURL, emulator.url, queued) == {
             "request_id": queued,
             "status": "cancelled",
+            "outcome": "cancelled",
         }
         assert run_curl(STATUS_CURL, emulator.url, queued)["status"] == "cancelled"
 
         refused = run_curl(CANCEL_CURL, emulator.url, running)
-        assert refused["status"] == 409
-        assert refused["error_code"] == 409001
-        assert "cannot be cancelled" in refused["message"]
-        assert refused["detail"] == {"status": "in_progress"}
+        assert refused == {"request_id": running, "status": "in_progress",
+                           "outcome": "not_cancellable"}
         assert run_curl(STATUS_CURL, emulator.url, running)["status"] == "in_progress"

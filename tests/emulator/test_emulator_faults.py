@@ -114,7 +114,8 @@ async def test_a_stalled_job_stays_in_progress_and_holds_its_worker() -> None:
         assert status["status"] == "in_progress"
         assert (behind["status"], behind["queue_position"]) == ("in_queue", 1)
         refused = await client.post(f"/v1/requests/{stalled}/cancel", headers=AUTH)
-        assert refused.json()["detail"] == {"status": "in_progress"}
+        assert refused.json()["status"] == "in_progress"
+        assert refused.json()["outcome"] == "not_cancellable"
 
 
 async def test_a_failed_job_ends_failed_with_an_error_object() -> None:
@@ -175,7 +176,7 @@ def test_rates_are_shares_of_one_draw() -> None:
     ("spec", "says"),
     [
         ("status:429", "ROUTE:KIND:RATE"),
-        ("statuz:429:0.1", "ROUTE one of submit, status, result, cancel, file, job, *"),
+        ("statuz:429:0.1", "ROUTE one of submit, status, result, cancel, models, file, job, *"),
         ("status:418:0.1", "KIND one of 429, 500"),
         ("status:429:1.5", "RATE from 0 to 1"),
         ("status:429:often", "RATE from 0 to 1"),

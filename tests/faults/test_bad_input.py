@@ -29,6 +29,8 @@ CASES = {
     "concurrency negative": (["ok.csv", "--concurrency", "-1"], "concurrency"),
     "yaml alias bomb": (["bomb.yaml"], "alias"),
     "over max items": (["ok.csv", "--max-items", "0"], "max-items"),
+    "over max cost at the catalog price": (["ok.csv", "--max-cost", "0.01"], "max-cost 0.01"),
+    "a model the catalog does not know": (["ok.csv", "--model", "no-such/model"], "model_id"),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from flashgen.errors import AuthenticationError, BudgetError
+from flashgen.errors import AuthenticationError, BudgetError, InputError
 from flashgen.flows.console import print_plan
 from flashgen.flows.generate import generate_images
 from flashgen.flows.summary import summary_of
@@ -53,8 +53,29 @@ async def test_dry_run_counts_everything_and_sends_nothing(pipeline, emulator, p
     printed = capsys.readouterr().out
     for fact in ("new paid submissions:   2", "already stored (skip):  1",
                  "duplicates:             1", "invalid rows:           1",
-                 "estimated cost:         0.08"):
+                 "estimated cost:         0.08",
+                 "price per image:        0.04 USD (FLASHGEN_PRICE_PER_IMAGE, overriding the "
+                 "catalog's 0.025 per output)"):
         assert fact in printed
+
+
+async def test_a_plan_prices_by_the_catalog_and_says_so(pipeline, emulator, prompt_file,
+                                                        capsys):
+    state, summary = await _run(source=prompt_file, dry_run=True)
+    assert (summary.plan.price_per_image, summary.plan.estimated_cost) == (0.025, 0.075)
+    print_plan(summary)
+    printed = capsys.readouterr().out
+    assert ("price per image:        0.025 USD (catalog: base_price_usd of "
+            "wan-ai/wan-2-2/flash/text-to-image, per output)") in printed
+    assert "estimated cost:         0.075 USD" in printed
+    assert emulator.stats()["catalog_calls"] == 1
+
+
+async def test_an_unknown_model_is_refused_before_anything_is_sent(pipeline, emulator):
+    state, error = await _run(prompts=["one"], model_id="no-such/model")
+    assert state.is_failed() and isinstance(error, InputError)
+    assert error.field == "model_id" and "catalog" in str(error)
+    assert emulator.stats()["submissions"] == 0
 
 
 async def test_dry_run_with_a_bad_token_says_so(pipeline, emulator, prompt_file, monkeypatch):
@@ -86,15 +107,21 @@ async def test_a_forced_rerun_that_would_exceed_the_cap_is_refused(pipeline, emu
     assert emulator.stats()["submissions"] == 2
 
 
-async def test_max_cost_needs_a_price_and_caps_by_it(pipeline, emulator, monkeypatch):
+async def test_max_cost_caps_by_the_catalog_price_or_the_override(pipeline, emulator,
+                                                                  monkeypatch):
     from flashgen.settings import get_settings
 
-    state, error = await _run(prompts=["one"], max_cost=1.0)
-    assert isinstance(error, BudgetError) and "FLASHGEN_PRICE_PER_IMAGE" in str(error)
+    # The emulator's catalog: 0.025 USD an image.
+    state, error = await _run(prompts=["one", "two", "three"], max_cost=0.05)
+    assert isinstance(error, BudgetError) and "over --max-cost 0.05" in str(error)
+    assert "catalog" in str(error)
     monkeypatch.setenv("FLASHGEN_PRICE_PER_IMAGE", "0.5")
     get_settings.cache_clear()
     state, error = await _run(prompts=["one", "two", "three"], max_cost=1.0)
     assert isinstance(error, BudgetError) and "over --max-cost 1" in str(error)
+    assert emulator.stats()["submissions"] == 0
     state, summary = await _run(prompts=["one", "two"], max_cost=1.0)
     assert state.is_completed() and summary.stored == 2
     assert emulator.stats()["submissions"] == 2
+    # The API's reported cost (its catalog price), not the override, is what was spent.
+    assert (summary.spend.planned_usd, summary.spend.actual_usd) == (1.0, 0.05)
