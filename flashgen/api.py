@@ -76,6 +76,7 @@ class ItemResult(BaseModel):
     seed: int | None = None
     aspect_ratio: str | None = None
     request_id: str | None = None  # the paid job at RunComfy, when there was one
+    cost: float | None = None  # USD this batch paid for the job, when the API said
     images: list[StoredImage] = []  # one per stored output (stored and skipped-as-stored items)
 
 
@@ -249,7 +250,7 @@ def _item(row: ManifestRow, records: dict[str, ImageRecord], store: Store, url_t
             sha256=record.sha256, content_type=record.content_type, size=record.size))
     return ItemResult(line=row.line, state=row.state, reason=row.reason, prompt=row.prompt,
                       seed=row.seed, aspect_ratio=row.aspect_ratio,
-                      request_id=row.request_id, images=images)
+                      request_id=row.request_id, cost=row.cost, images=images)
 
 
 __all__ = ["BatchResult", "FlashgenError", "ItemResult", "StoredImage", "agenerate",
