@@ -40,10 +40,13 @@ taken: the error is raised at once. All waiting goes through ``flashgen.timing``
 overrides rows of this table (``DEFAULT_RETRIES``).
 
 Everything the server says (error bodies, status and result answers, a job's ``error``,
-transport error texts) passes ``_scrub`` before it reaches an exception, a model, a log
-line or a caller: an API that echoes the request's ``Authorization`` header cannot leak
-the token through flashgen. The token itself lives as a ``SecretStr`` and is added to
-requests for the API's own origin only, never to file hosts.
+keys and values at any depth, transport error texts) passes a ``flashgen.scrub.Scrubber``
+before it reaches an exception, a model, a log line or a caller: an API that echoes the
+request's ``Authorization`` header, in any form, cannot leak the token through flashgen.
+A library's exception is quoted (scrubbed) in ours, never chained to it. The token is
+normalised where it is read (``flashgen.settings.normalise_token``), lives as a
+``SecretStr``, and is added to requests for the API's own origin only, never to file
+hosts.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
@@ -88,13 +91,14 @@ from flashgen.models import (
     validate_inputs,
 )
 from flashgen.polling import JobTimeEstimator, PollPlan, PollSchedule
+from flashgen.scrub import Scrubber
 from flashgen.settings import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_VIDEO_BYTES,
     TOKEN_ENV,
     Settings,
-    Token,
+    normalise_token,
     token_help,
 )
 from flashgen.timing import Backoff
@@ -139,10 +143,14 @@ class Download:
 
 
 class _BearerAuth(httpx.Auth):
-    """Adds ``Authorization: Bearer …`` to requests for the API's own origin, and no other."""
+    """Adds ``Authorization: Bearer …`` to requests for the API's own origin, and no other.
+
+    The header is built once, from a token ``normalise_token`` has proved to be visible
+    ASCII: no library can refuse it and quote it in its error.
+    """
 
     def __init__(self, token: SecretStr, origin: tuple[str, str, int]) -> None:
-        self._token = token
+        self._header = "Bearer " + token.get_secret_value()
         self._origin = origin
 
     def __repr__(self) -> str:
@@ -150,7 +158,7 @@ class _BearerAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if _origin(request.url) == self._origin:
-            request.headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+            request.headers["Authorization"] = self._header
         yield request
 
 
@@ -176,15 +184,16 @@ class RunComfyClient:
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
     ) -> None:
-        secret = token if isinstance(token, SecretStr) else SecretStr(token or "")
-        if not secret.get_secret_value().strip():
+        # Where the token came from, so that a rejection says what to fix.
+        self._token_source = getattr(token, "source", "the token passed to RunComfyClient")
+        secret = normalise_token(token, self._token_source)  # InputError if malformed
+        if secret is None:
             raise AuthenticationError(
                 "no RunComfy API token: pass token=, or use "
                 "RunComfyClient.from_settings(settings, await resolve_token(settings))"
             )
-        self._token = secret
-        # Where the token came from, so that a rejection says what to fix.
-        self._token_source = getattr(token, "source", "the token passed to RunComfyClient")
+        self._scrub_any = Scrubber(secret.get_secret_value())
+        self._scrub = self._scrub_any.text
         self.base_url = base_url.rstrip("/")
         url = httpx.URL(self.base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -216,8 +225,8 @@ class RunComfyClient:
         token's error name where it came from. ``options`` go to the constructor
         (``transport``, ``timeout``, ``retries``).
         """
-        if token is None and settings.api_token is not None:
-            token = Token(settings.api_token.get_secret_value(), source=TOKEN_ENV)
+        if token is None:
+            token = normalise_token(settings.api_token, TOKEN_ENV)
         if token is None or not (
             token.get_secret_value() if isinstance(token, SecretStr) else token
         ).strip():
@@ -265,12 +274,12 @@ class RunComfyClient:
             except _UNSENT as exc:
                 raise TransientApiError(
                     f"{what}: could not reach the API ({self._error_text(exc)}); nothing was sent"
-                ) from exc
+                ) from None  # the library's text is in ours, scrubbed
             except Exception as exc:  # the request may have arrived: never resend it
                 raise AmbiguousSubmissionError(
                     f"{what}: sent, but no answer came back ({self._error_text(exc)}); a job may "
                     "exist and is not resubmitted"
-                ) from exc
+                ) from None  # the library's text is in ours, scrubbed
             return self._submit_answer(response, what)
 
         handle = await self._retry("submit", once, what)
@@ -473,7 +482,7 @@ class RunComfyClient:
                 raise TransientApiError(
                     f"{what}: no answer from the API ({self._error_text(exc)})",
                     request_id=request_id
-                ) from exc
+                ) from None  # the library's text is in ours, scrubbed
             if not (response.is_success or response.status_code in refusals):
                 raise self._api_error(response, what=what, request_id=request_id)
             try:
@@ -557,7 +566,7 @@ class RunComfyClient:
                 content_type = response.headers.get("content-type", "")
                 if content_type.split(";")[0].strip().lower().split("/")[0] != kind:
                     raise DownloadError(
-                        f"{what}: content type {content_type!r} is not {kind}/*",
+                        f"{what}: content type {self._scrub(content_type)!r} is not {kind}/*",
                         request_id=request_id, status_code=code, transient=False,
                     )
                 declared = response.headers.get("content-length", "")
@@ -575,35 +584,16 @@ class RunComfyClient:
         except Exception as exc:  # a GET: safe to try again
             raise DownloadError(
                 f"{what}: {self._error_text(exc)}", request_id=request_id, transient=True
-            ) from exc
+            ) from None  # the library's text is in ours, scrubbed
         return Download(uri=uri, content=b"".join(chunks), content_type=content_type, size=size)
 
     def _body(self, response: httpx.Response) -> Any:
-        """The answer's JSON, scrubbed of the token; None when it is not JSON."""
+        """The answer's JSON, scrubbed of the token; None when it is not JSON (or nested
+        past what the JSON decoder takes)."""
         try:
             return self._scrub_any(response.json())
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
-
-    def _scrub(self, text: str) -> str:
-        """Server text with the token blanked out, should the server ever echo it.
-
-        ``Bearer <token>`` becomes ``Bearer [token]``; a URL-encoded copy goes too.
-        """
-        secret = self._token.get_secret_value()
-        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
-            if form and form in text:
-                text = text.replace(form, "[token]")
-        return text
-
-    def _scrub_any(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self._scrub(value)
-        if isinstance(value, dict):
-            return {k: self._scrub_any(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._scrub_any(v) for v in value]
-        return value
 
     def _error_text(self, exc: BaseException) -> str:
         text = _clip(self._scrub(str(exc)))

@@ -39,7 +39,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flashgen.errors import AuthenticationError
+from flashgen.errors import AuthenticationError, InputError
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
 TOKEN_ENV = "RUNCOMFY_API_TOKEN"
@@ -106,6 +106,36 @@ class Token(SecretStr):
         return f"Token({str(self)!r}, source={self.source!r})"
 
 
+def normalise_token(value: str | SecretStr | None, source: str) -> Token | None:
+    """The token as ``source`` holds it, without surrounding whitespace; None when empty.
+
+    A token read from a file or a Kubernetes secret often ends in a newline. Inside, a
+    token is one word of visible ASCII: a space, a control character or anything beyond
+    ASCII cannot go into an HTTP header (httpx would refuse it with the header, token
+    included, in its error text), so it is refused here with an ``InputError`` that names
+    ``source`` and the character's position, never the value::
+
+        >>> normalise_token("abc123\\n", "RUNCOMFY_API_TOKEN").get_secret_value()
+        'abc123'
+        >>> normalise_token("abc 123", "RUNCOMFY_API_TOKEN")
+        Traceback (most recent call last):
+        ...
+        flashgen.errors.InputError: RUNCOMFY_API_TOKEN: the API token has a space, control \
+or non-ASCII character inside it (character 4); a token is one word of visible ASCII
+    """
+    if value is None:
+        return None
+    text = (value.get_secret_value() if isinstance(value, SecretStr) else value).strip()
+    if not text:
+        return None
+    bad = next((i for i, c in enumerate(text) if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise InputError(f"{source}: the API token has a space, control or non-ASCII character "
+                         f"inside it (character {bad + 1}); a token is one word of visible "
+                         "ASCII", field="token")
+    return Token(text, source=source)
+
+
 def token_help(settings: Settings) -> str:
     """Where a token may come from, for any message about a missing or rejected one."""
     return (
@@ -120,20 +150,19 @@ async def resolve_token(settings: Settings, token: str | SecretStr | None = None
 
         client = RunComfyClient.from_settings(settings, token=await resolve_token(settings))
 
-    The result is a ``Token`` (a ``SecretStr``) whose ``source`` names where it came from.
+    The result is a ``Token`` (a ``SecretStr``) whose ``source`` names where it came from,
+    normalised by ``normalise_token`` (which raises ``InputError`` for a malformed one).
     Raises ``AuthenticationError`` naming all three places when none has a token.
     """
-    if token is not None:
-        value = token.get_secret_value() if isinstance(token, SecretStr) else token
-        source = getattr(token, "source", "the token= argument")
-        if value.strip():
-            return Token(value, source=source)
-    if settings.api_token is not None and settings.api_token.get_secret_value().strip():
-        return Token(settings.api_token.get_secret_value(), source=TOKEN_ENV)
-    value = await _secret_block(settings.token_block)
-    if value:
-        return Token(value, source=f"the Prefect Secret block {settings.token_block!r}")
-    raise AuthenticationError(f"no RunComfy API token: {token_help(settings)}")
+    found = (
+        normalise_token(token, getattr(token, "source", "the token= argument"))
+        or normalise_token(settings.api_token, TOKEN_ENV)
+        or normalise_token(await _secret_block(settings.token_block),
+                           f"the Prefect Secret block {settings.token_block!r}")
+    )
+    if found is None:
+        raise AuthenticationError(f"no RunComfy API token: {token_help(settings)}")
+    return found
 
 
 async def _secret_block(name: str) -> str | None:
@@ -147,4 +176,4 @@ async def _secret_block(name: str) -> str | None:
     except ValueError:  # Prefect's answer for a block that does not exist
         return None
     value = secret.get()
-    return value.strip() if isinstance(value, str) and value.strip() else None
+    return value if isinstance(value, str) else None
