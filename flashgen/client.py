@@ -90,6 +90,7 @@ from flashgen.models import (
     SubmitHandle,
     validate_inputs,
 )
+from flashgen.outputs import OutputPolicy, RefusedOutput
 from flashgen.polling import JobTimeEstimator, PollPlan, PollSchedule
 from flashgen.scrub import Scrubber
 from flashgen.settings import (
@@ -130,6 +131,7 @@ _ACCOUNT_CODES = frozenset({10001, 10002, 10003})
 # Failures raised before a single byte of the request left this process.
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _EXCERPT = 300  # characters of a server's text quoted in an error message
+MAX_REDIRECTS = 5  # of one output download; each hop is checked like the first URL
 
 
 @dataclass(frozen=True)
@@ -167,8 +169,10 @@ class RunComfyClient:
 
     Build it with ``from_settings`` (the environment, as the entry point read it) or with
     explicit arguments; it reads no environment itself. ``transport`` swaps the outside
-    world, e.g. ``httpx.ASGITransport(app=create_app(...))``. ``estimator`` learns how
-    long this client's jobs take and times ``wait``'s polls (one per run).
+    world, e.g. ``httpx.ASGITransport(app=create_app(...))``. ``outputs`` decides which
+    output URLs may be fetched (``flashgen.outputs``; default: https from public addresses
+    only). ``estimator`` learns how long this client's jobs take and times ``wait``'s
+    polls (one per run).
     """
 
     def __init__(
@@ -183,6 +187,7 @@ class RunComfyClient:
         estimator: JobTimeEstimator | None = None,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
+        outputs: OutputPolicy | None = None,
     ) -> None:
         # Where the token came from, so that a rejection says what to fix.
         self._token_source = getattr(token, "source", "the token passed to RunComfyClient")
@@ -203,6 +208,7 @@ class RunComfyClient:
         self._poll = poll or PollSchedule()
         self.estimator = estimator or JobTimeEstimator()
         self._caps: dict[str, int] = {"image": max_image_bytes, "video": max_video_bytes}
+        self._outputs = outputs or OutputPolicy()
         self._submitted: dict[str, float] = {}  # request_id -> timing.now() at its submit
         # No default auth or headers: the token is attached per API call (see _BearerAuth),
         # so a download through the same pool cannot carry it.
@@ -223,7 +229,8 @@ class RunComfyClient:
         ``token`` defaults to ``settings.api_token`` (``RUNCOMFY_API_TOKEN``); the Prefect
         Secret block needs ``await resolve_token(settings)``, which also lets a rejected
         token's error name where it came from. ``options`` go to the constructor
-        (``transport``, ``timeout``, ``retries``).
+        (``transport``, ``timeout``, ``retries``, ``outputs``: by default the output policy
+        of ``FLASHGEN_OUTPUT_NETWORKS``).
         """
         if token is None:
             token = normalise_token(settings.api_token, TOKEN_ENV)
@@ -238,7 +245,7 @@ class RunComfyClient:
             estimator=JobTimeEstimator(prior=settings.job_time_prior),
             max_image_bytes=settings.max_image_bytes,
             max_video_bytes=settings.max_video_bytes,
-            **options,
+            **{"outputs": OutputPolicy(networks=settings.networks_for_outputs), **options},
         )
 
     def __repr__(self) -> str:
@@ -397,13 +404,15 @@ class RunComfyClient:
                 )
             delay = plan.next_delay(status, timing.now())
 
-    # --- files: no token, capped, type-checked -------------------------------------------
+    # --- files: only where outputs live, no token, capped, type-checked ------------------
 
     async def download(
         self, uri: str, *, kind: FileKind = "image", request_id: str | None = None
     ) -> Download:
         """Fetch one output file without the token, at most ``max_<kind>_bytes`` long.
 
+        The URL, and each redirect's, must pass the output policy first (``flashgen.outputs``):
+        a refused one is a permanent ``DownloadError`` and nothing is sent to it.
         403/404 raise ``DownloadError`` with ``status_code`` set (refresh the link and try
         again); a wrong content type or an oversize file is permanent; 5xx and transport
         errors are retried (3 attempts, 30 s), then raised as transient.
@@ -551,11 +560,34 @@ class RunComfyClient:
     async def _download_once(
         self, uri: str, kind: str, request_id: str | None, what: str
     ) -> Download:
+        """One download, following redirects by hand: each hop is checked by the output
+        policy before anything is sent to it."""
+        url: str | httpx.URL = uri
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                target = await self._outputs.check(url)
+            except RefusedOutput as exc:
+                raise DownloadError(f"{what}: refused: {self._scrub(str(exc))}",
+                                    request_id=request_id, transient=False) from None
+            fetched = await self._fetch(target, kind, request_id, what)
+            if isinstance(fetched, Download):
+                return Download(uri=uri, content=fetched.content,
+                                content_type=fetched.content_type, size=fetched.size)
+            url = fetched
+        raise DownloadError(f"{what}: more than {MAX_REDIRECTS} redirects",
+                            request_id=request_id, transient=False)
+
+    async def _fetch(
+        self, url: httpx.URL, kind: str, request_id: str | None, what: str
+    ) -> Download | httpx.URL:
+        """The file at ``url``, or where its redirect points."""
         cap = self._caps[kind]
         try:
             # No auth= here and none on the client: file hosts never see the token.
-            async with self._http.stream("GET", uri, follow_redirects=True) as response:
+            async with self._http.stream("GET", url, follow_redirects=False) as response:
                 code = response.status_code
+                if response.is_redirect:
+                    return url.join(response.headers["location"])
                 if not response.is_success:
                     raise DownloadError(
                         f"{what}: HTTP {code}",
@@ -585,7 +617,8 @@ class RunComfyClient:
             raise DownloadError(
                 f"{what}: {self._error_text(exc)}", request_id=request_id, transient=True
             ) from None  # the library's text is in ours, scrubbed
-        return Download(uri=uri, content=b"".join(chunks), content_type=content_type, size=size)
+        return Download(uri=str(url), content=b"".join(chunks), content_type=content_type,
+                        size=size)
 
     def _body(self, response: httpx.Response) -> Any:
         """The answer's JSON, scrubbed of the token; None when it is not JSON (or nested

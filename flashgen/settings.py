@@ -19,6 +19,9 @@
     FLASHGEN_POLL_INITIAL / FLASHGEN_POLL_MAXIMUM   status polling interval bounds (s)
     FLASHGEN_JOB_TIME_PRIOR seconds a job is expected to run before this run has seen any
                             finish (default 5); polls are timed around the expected end
+    FLASHGEN_OUTPUT_NETWORKS        networks (CIDR, comma-separated) outputs may also come
+                            from, over http too: "127.0.0.0/8" for the local emulator;
+                            default none (https from public addresses only)
     FLASHGEN_TASK_RETRY_DELAY       first delay between Prefect task retries (doubles; 2 s)
     FLASHGEN_GALLERY_URL_TTL        seconds the gallery's presigned links work (default 7 days)
     FLASHGEN_TESTING        "1" removes every sleep (tests only)
@@ -36,10 +39,11 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flashgen.errors import AuthenticationError, InputError
+from flashgen.outputs import Network, parse_networks
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
 TOKEN_ENV = "RUNCOMFY_API_TOKEN"
@@ -83,6 +87,18 @@ class Settings(BaseSettings):
     task_retry_delay: float = Field(2.0, ge=0)
     # 7 days is also the longest a SigV4-presigned S3 URL may live.
     gallery_url_ttl: int = Field(7 * 24 * 3600, ge=1, le=7 * 24 * 3600)
+    # Outputs come over https from public addresses; these networks are allowed too.
+    output_networks: str = ""
+
+    @field_validator("output_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)  # ValueError naming the entry
+        return value
+
+    @property
+    def networks_for_outputs(self) -> tuple[Network, ...]:
+        return parse_networks(self.output_networks)
 
 
 @lru_cache

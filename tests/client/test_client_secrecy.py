@@ -11,7 +11,7 @@ import logging
 
 import httpx
 import pytest
-from client_fakes import API, TOKEN, Script, answer, problem
+from client_fakes import API, TOKEN, Script, answer, local_outputs, problem
 from emulated import emulated
 from pydantic import SecretStr
 
@@ -49,7 +49,7 @@ def log_everything(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def client_for(script: Script, token: str = TOKEN) -> RunComfyClient:
-    return RunComfyClient(token, API, transport=script.transport)
+    return RunComfyClient(token, API, transport=script.transport, outputs=local_outputs())
 
 
 def echoing(state: str, **extra: object) -> httpx.Response:

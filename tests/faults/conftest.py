@@ -136,7 +136,8 @@ def fault_stack(prefect_api, fault_s3, request, tmp_path):
         c if c.isalnum() else "-" for c in name)[:40]
     with EmulatorServer(config) as api, S3FaultProxy(fault_s3.url) as proxy:
         env = {**os.environ, **prefect_api, **fault_s3.env, "AWS_ENDPOINT_URL": proxy.url,
-               "RUNCOMFY_BASE_URL": api.url, "RUNCOMFY_API_TOKEN": TOKEN,
+               "RUNCOMFY_BASE_URL": api.url,
+               "FLASHGEN_OUTPUT_NETWORKS": "127.0.0.0/8", "RUNCOMFY_API_TOKEN": TOKEN,
                "FLASHGEN_BUCKET": BUCKET, "FLASHGEN_PREFIX": prefix,
                "FLASHGEN_POLL_INITIAL": "0.1", "FLASHGEN_POLL_MAXIMUM": "0.5",
                "FLASHGEN_STATE_DIR": str(tmp_path / "state"), "FLASHGEN_TASK_RETRY_DELAY": "0",
