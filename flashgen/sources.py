@@ -9,7 +9,9 @@ into one item per combination; ``{name}`` in a prompt is filled from ``vars``.
 
 Planning is two passes over a re-iterable source. ``plan_batch`` validates every row
 and keeps only counts, bad rows, duplicates and fingerprints; ``BatchPlan.iter_items``
-streams the unique valid items again, in order. Bad rows never stop the good ones.
+streams the unique valid items again, in order. Bad rows never stop the good ones: a
+line that is not UTF-8 or holds a control character, or a value (or key) with a lone
+surrogate or NUL, is an invalid row with its line, in every format.
 
     >>> rows = rows_from_prompts(["a {animal} at dawn", "an owl at {time}"])
     >>> plan = plan_batch(rows, defaults={"vars": {"animal": ["fox", "hare"]},
