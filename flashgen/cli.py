@@ -94,8 +94,8 @@ def _call(method: str, request_id: str) -> Any:
 
     try:
         return asyncio.run(go())
-    except FlashgenError as exc:
-        _fail(exc)
+    except FlashgenError as exc:  # a malformed token (InputError) is bad input: exit 2
+        _fail(exc, 2 if isinstance(exc, InputError) else 1)
 
 
 @app.command()
