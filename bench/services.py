@@ -156,6 +156,7 @@ class Services:
                         "--job-time-spread", "0", "--token", TOKEN],
                        f"http://127.0.0.1:{port}", "/_emulator/stats")
         os.environ["RUNCOMFY_BASE_URL"] = api.url
+        os.environ["FLASHGEN_OUTPUT_NETWORKS"] = "127.0.0.0/8"  # the emulator's files
         try:
             yield api
         finally:

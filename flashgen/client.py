@@ -49,10 +49,13 @@ API's answers. ``RunComfyClient(retries=...)`` overrides rows of this table
 (``DEFAULT_RETRIES``).
 
 Everything the server says (error bodies, status and result answers, a job's ``error``,
-transport error texts) passes ``_scrub`` before it reaches an exception, a model, a log
-line or a caller: an API that echoes the request's ``Authorization`` header cannot leak
-the token through flashgen. The token itself lives as a ``SecretStr`` and is added to
-requests for the API's own origin only, never to file hosts.
+keys and values at any depth, transport error texts) passes a ``flashgen.scrub.Scrubber``
+before it reaches an exception, a model, a log line or a caller: an API that echoes the
+request's ``Authorization`` header, in any form, cannot leak the token through flashgen.
+A library's exception is quoted (scrubbed) in ours, never chained to it. The token is
+normalised where it is read (``flashgen.settings.normalise_token``), lives as a
+``SecretStr``, and is added to requests for the API's own origin only, never to file
+hosts.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
@@ -97,14 +100,16 @@ from flashgen.models import (
     SubmitHandle,
     validate_inputs,
 )
+from flashgen.outputs import OutputPolicy, RefusedOutput
 from flashgen.polling import JobTimeEstimator, PollPlan, PollSchedule
+from flashgen.scrub import Scrubber
 from flashgen.settings import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_VIDEO_BYTES,
     TOKEN_ENV,
     Settings,
-    Token,
+    normalise_token,
     token_help,
 )
 from flashgen.timing import Backoff
@@ -136,6 +141,7 @@ KEEPALIVE_SECONDS = 0.75
 # Failures raised before a single byte of the request left this process.
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _EXCERPT = 300  # characters of a server's text quoted in an error message
+MAX_REDIRECTS = 5  # of one output download; each hop is checked like the first URL
 
 
 @dataclass(frozen=True)
@@ -149,10 +155,14 @@ class Download:
 
 
 class _BearerAuth(httpx.Auth):
-    """Adds ``Authorization: Bearer …`` to requests for the API's own origin, and no other."""
+    """Adds ``Authorization: Bearer …`` to requests for the API's own origin, and no other.
+
+    The header is built once, from a token ``normalise_token`` has proved to be visible
+    ASCII: no library can refuse it and quote it in its error.
+    """
 
     def __init__(self, token: SecretStr, origin: tuple[str, str, int]) -> None:
-        self._token = token
+        self._header = "Bearer " + token.get_secret_value()
         self._origin = origin
 
     def __repr__(self) -> str:
@@ -160,7 +170,7 @@ class _BearerAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if _origin(request.url) == self._origin:
-            request.headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+            request.headers["Authorization"] = self._header
         yield request
 
 
@@ -169,8 +179,10 @@ class RunComfyClient:
 
     Build it with ``from_settings`` (the environment, as the entry point read it) or with
     explicit arguments; it reads no environment itself. ``transport`` swaps the outside
-    world, e.g. ``httpx.ASGITransport(app=create_app(...))``. ``estimator`` learns how
-    long this client's jobs take and times ``wait``'s polls (one per run).
+    world, e.g. ``httpx.ASGITransport(app=create_app(...))``. ``outputs`` decides which
+    output URLs may be fetched (``flashgen.outputs``; default: https from public addresses
+    only). ``estimator`` learns how long this client's jobs take and times ``wait``'s
+    polls (one per run).
     """
 
     def __init__(
@@ -185,16 +197,18 @@ class RunComfyClient:
         estimator: JobTimeEstimator | None = None,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
+        outputs: OutputPolicy | None = None,
     ) -> None:
-        secret = token if isinstance(token, SecretStr) else SecretStr(token or "")
-        if not secret.get_secret_value().strip():
+        # Where the token came from, so that a rejection says what to fix.
+        self._token_source = getattr(token, "source", "the token passed to RunComfyClient")
+        secret = normalise_token(token, self._token_source)  # InputError if malformed
+        if secret is None:
             raise AuthenticationError(
                 "no RunComfy API token: pass token=, or use "
                 "RunComfyClient.from_settings(settings, await resolve_token(settings))"
             )
-        self._token = secret
-        # Where the token came from, so that a rejection says what to fix.
-        self._token_source = getattr(token, "source", "the token passed to RunComfyClient")
+        self._scrub_any = Scrubber(secret.get_secret_value())
+        self._scrub = self._scrub_any.text
         self.base_url = base_url.rstrip("/")
         url = httpx.URL(self.base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -204,6 +218,7 @@ class RunComfyClient:
         self._poll = poll or PollSchedule()
         self.estimator = estimator or JobTimeEstimator()
         self._caps: dict[str, int] = {"image": max_image_bytes, "video": max_video_bytes}
+        self._outputs = outputs or OutputPolicy()
         self._submitted: dict[str, float] = {}  # request_id -> timing.now() at its submit
         # No default auth or headers: the token is attached per API call (see _BearerAuth),
         # so a download through the same pool cannot carry it.
@@ -224,10 +239,11 @@ class RunComfyClient:
         ``token`` defaults to ``settings.api_token`` (``RUNCOMFY_API_TOKEN``); the Prefect
         Secret block needs ``await resolve_token(settings)``, which also lets a rejected
         token's error name where it came from. ``options`` go to the constructor
-        (``transport``, ``timeout``, ``retries``).
+        (``transport``, ``timeout``, ``retries``, ``outputs``: by default the output policy
+        of ``FLASHGEN_OUTPUT_NETWORKS``).
         """
-        if token is None and settings.api_token is not None:
-            token = Token(settings.api_token.get_secret_value(), source=TOKEN_ENV)
+        if token is None:
+            token = normalise_token(settings.api_token, TOKEN_ENV)
         if token is None or not (
             token.get_secret_value() if isinstance(token, SecretStr) else token
         ).strip():
@@ -239,7 +255,7 @@ class RunComfyClient:
             estimator=JobTimeEstimator(prior=settings.job_time_prior),
             max_image_bytes=settings.max_image_bytes,
             max_video_bytes=settings.max_video_bytes,
-            **options,
+            **{"outputs": OutputPolicy(networks=settings.networks_for_outputs), **options},
         )
 
     def __repr__(self) -> str:
@@ -275,12 +291,12 @@ class RunComfyClient:
             except _UNSENT as exc:
                 raise TransientApiError(
                     f"{what}: could not reach the API ({self._error_text(exc)}); nothing was sent"
-                ) from exc
+                ) from None  # the library's text is in ours, scrubbed
             except Exception as exc:  # the request may have arrived: never resend it
                 raise AmbiguousSubmissionError(
                     f"{what}: sent, but no answer came back ({self._error_text(exc)}); a job may "
                     "exist and is not resubmitted"
-                ) from exc
+                ) from None  # the library's text is in ours, scrubbed
             return self._submit_answer(response, what)
 
         handle = await self._retry("submit", once, what)
@@ -428,13 +444,15 @@ class RunComfyClient:
                 )
             delay = plan.next_delay(status, timing.now())
 
-    # --- files: no token, capped, type-checked -------------------------------------------
+    # --- files: only where outputs live, no token, capped, type-checked ------------------
 
     async def download(
         self, uri: str, *, kind: FileKind = "image", request_id: str | None = None
     ) -> Download:
         """Fetch one output file without the token, at most ``max_<kind>_bytes`` long.
 
+        The URL, and each redirect's, must pass the output policy first (``flashgen.outputs``):
+        a refused one is a permanent ``DownloadError`` and nothing is sent to it.
         403/404 raise ``DownloadError`` with ``status_code`` set (refresh the link and try
         again); a wrong content type or an oversize file is permanent; 5xx and transport
         errors are retried (3 attempts, 30 s), then raised as transient.
@@ -517,7 +535,7 @@ class RunComfyClient:
                 raise TransientApiError(
                     f"{what}: no answer from the API ({self._error_text(exc)})",
                     request_id=request_id
-                ) from exc
+                ) from None  # the library's text is in ours, scrubbed
             if not (response.is_success or response.status_code in refusals):
                 raise self._api_error(response, what=what, request_id=request_id)
             body = self._body(response)
@@ -610,11 +628,34 @@ class RunComfyClient:
     async def _download_once(
         self, uri: str, kind: str, request_id: str | None, what: str
     ) -> Download:
+        """One download, following redirects by hand: each hop is checked by the output
+        policy before anything is sent to it."""
+        url: str | httpx.URL = uri
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                target = await self._outputs.check(url)
+            except RefusedOutput as exc:
+                raise DownloadError(f"{what}: refused: {self._scrub(str(exc))}",
+                                    request_id=request_id, transient=False) from None
+            fetched = await self._fetch(target, kind, request_id, what)
+            if isinstance(fetched, Download):
+                return Download(uri=uri, content=fetched.content,
+                                content_type=fetched.content_type, size=fetched.size)
+            url = fetched
+        raise DownloadError(f"{what}: more than {MAX_REDIRECTS} redirects",
+                            request_id=request_id, transient=False)
+
+    async def _fetch(
+        self, url: httpx.URL, kind: str, request_id: str | None, what: str
+    ) -> Download | httpx.URL:
+        """The file at ``url``, or where its redirect points."""
         cap = self._caps[kind]
         try:
             # No auth= here and none on the client: file hosts never see the token.
-            async with self._http.stream("GET", uri, follow_redirects=True) as response:
+            async with self._http.stream("GET", url, follow_redirects=False) as response:
                 code = response.status_code
+                if response.is_redirect:
+                    return url.join(response.headers["location"])
                 if not response.is_success:
                     raise DownloadError(
                         f"{what}: HTTP {code}",
@@ -625,7 +666,7 @@ class RunComfyClient:
                 content_type = response.headers.get("content-type", "")
                 if content_type.split(";")[0].strip().lower().split("/")[0] != kind:
                     raise DownloadError(
-                        f"{what}: content type {content_type!r} is not {kind}/*",
+                        f"{what}: content type {self._scrub(content_type)!r} is not {kind}/*",
                         request_id=request_id, status_code=code, transient=False,
                     )
                 declared = response.headers.get("content-length", "")
@@ -643,35 +684,17 @@ class RunComfyClient:
         except Exception as exc:  # a GET: safe to try again
             raise DownloadError(
                 f"{what}: {self._error_text(exc)}", request_id=request_id, transient=True
-            ) from exc
-        return Download(uri=uri, content=b"".join(chunks), content_type=content_type, size=size)
+            ) from None  # the library's text is in ours, scrubbed
+        return Download(uri=str(url), content=b"".join(chunks), content_type=content_type,
+                        size=size)
 
     def _body(self, response: httpx.Response) -> Any:
-        """The answer's JSON, scrubbed of the token; None when it is not JSON."""
+        """The answer's JSON, scrubbed of the token; None when it is not JSON (or nested
+        past what the JSON decoder takes)."""
         try:
             return self._scrub_any(response.json())
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
-
-    def _scrub(self, text: str) -> str:
-        """Server text with the token blanked out, should the server ever echo it.
-
-        ``Bearer <token>`` becomes ``Bearer [token]``; a URL-encoded copy goes too.
-        """
-        secret = self._token.get_secret_value()
-        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
-            if form and form in text:
-                text = text.replace(form, "[token]")
-        return text
-
-    def _scrub_any(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self._scrub(value)
-        if isinstance(value, dict):
-            return {k: self._scrub_any(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._scrub_any(v) for v in value]
-        return value
 
     def _error_text(self, exc: BaseException) -> str:
         text = _clip(self._scrub(str(exc)))

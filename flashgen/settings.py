@@ -21,6 +21,9 @@
     FLASHGEN_POLL_INITIAL / FLASHGEN_POLL_MAXIMUM   status polling interval bounds (s)
     FLASHGEN_JOB_TIME_PRIOR seconds a job is expected to run before this run has seen any
                             finish (default 5); polls are timed around the expected end
+    FLASHGEN_OUTPUT_NETWORKS        networks (CIDR, comma-separated) outputs may also come
+                            from, over http too: "127.0.0.0/8" for the local emulator;
+                            default none (https from public addresses only)
     FLASHGEN_TASK_RETRY_DELAY       first delay between Prefect task retries (doubles; 2 s)
     FLASHGEN_GALLERY_URL_TTL        seconds the gallery's presigned links work (default 7 days)
     FLASHGEN_TESTING        "1" removes every sleep (tests only)
@@ -38,10 +41,11 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flashgen.errors import AuthenticationError
+from flashgen.errors import AuthenticationError, InputError
+from flashgen.outputs import Network, parse_networks
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
 TOKEN_ENV = "RUNCOMFY_API_TOKEN"
@@ -86,6 +90,18 @@ class Settings(BaseSettings):
     task_retry_delay: float = Field(2.0, ge=0)
     # 7 days is also the longest a SigV4-presigned S3 URL may live.
     gallery_url_ttl: int = Field(7 * 24 * 3600, ge=1, le=7 * 24 * 3600)
+    # Outputs come over https from public addresses; these networks are allowed too.
+    output_networks: str = ""
+
+    @field_validator("output_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)  # ValueError naming the entry
+        return value
+
+    @property
+    def networks_for_outputs(self) -> tuple[Network, ...]:
+        return parse_networks(self.output_networks)
 
 
 @lru_cache
@@ -109,6 +125,36 @@ class Token(SecretStr):
         return f"Token({str(self)!r}, source={self.source!r})"
 
 
+def normalise_token(value: str | SecretStr | None, source: str) -> Token | None:
+    """The token as ``source`` holds it, without surrounding whitespace; None when empty.
+
+    A token read from a file or a Kubernetes secret often ends in a newline. Inside, a
+    token is one word of visible ASCII: a space, a control character or anything beyond
+    ASCII cannot go into an HTTP header (httpx would refuse it with the header, token
+    included, in its error text), so it is refused here with an ``InputError`` that names
+    ``source`` and the character's position, never the value::
+
+        >>> normalise_token("abc123\\n", "RUNCOMFY_API_TOKEN").get_secret_value()
+        'abc123'
+        >>> normalise_token("abc 123", "RUNCOMFY_API_TOKEN")
+        Traceback (most recent call last):
+        ...
+        flashgen.errors.InputError: RUNCOMFY_API_TOKEN: the API token has a space, control \
+or non-ASCII character inside it (character 4); a token is one word of visible ASCII
+    """
+    if value is None:
+        return None
+    text = (value.get_secret_value() if isinstance(value, SecretStr) else value).strip()
+    if not text:
+        return None
+    bad = next((i for i, c in enumerate(text) if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise InputError(f"{source}: the API token has a space, control or non-ASCII character "
+                         f"inside it (character {bad + 1}); a token is one word of visible "
+                         "ASCII", field="token")
+    return Token(text, source=source)
+
+
 def token_help(settings: Settings) -> str:
     """Where a token may come from, for any message about a missing or rejected one."""
     return (
@@ -123,33 +169,19 @@ async def resolve_token(settings: Settings, token: str | SecretStr | None = None
 
         client = RunComfyClient.from_settings(settings, token=await resolve_token(settings))
 
-    The result is a ``Token`` (a ``SecretStr``) whose ``source`` names where it came from.
+    The result is a ``Token`` (a ``SecretStr``) whose ``source`` names where it came from,
+    normalised by ``normalise_token`` (which raises ``InputError`` for a malformed one).
     Raises ``AuthenticationError`` naming all three places when none has a token.
     """
-    if token is not None:
-        value = token.get_secret_value() if isinstance(token, SecretStr) else token
-        source = getattr(token, "source", "the token= argument")
-        if value.strip():
-            return _readable(value, source)
-    if settings.api_token is not None and settings.api_token.get_secret_value().strip():
-        return _readable(settings.api_token.get_secret_value(), TOKEN_ENV)
-    value = await _secret_block(settings.token_block)
-    if value:
-        return _readable(value, f"the Prefect Secret block {settings.token_block!r}")
-    raise AuthenticationError(f"no RunComfy API token: {token_help(settings)}")
-
-
-def _readable(value: str, source: str) -> Token:
-    """The token without surrounding whitespace, if an HTTP header can carry it: printable
-    ASCII. Otherwise an AuthenticationError naming where it came from, never its value
-    (an HTTP library's own error would quote the header it refused, token and all)."""
-    value = value.strip()
-    if not all("!" <= c <= "~" for c in value):
-        raise AuthenticationError(
-            f"the token from {source} is unreadable: it holds a space, a line break, a "
-            "control or a non-ASCII character; set it again to the token exactly as "
-            "RunComfy shows it")
-    return Token(value, source=source)
+    found = (
+        normalise_token(token, getattr(token, "source", "the token= argument"))
+        or normalise_token(settings.api_token, TOKEN_ENV)
+        or normalise_token(await _secret_block(settings.token_block),
+                           f"the Prefect Secret block {settings.token_block!r}")
+    )
+    if found is None:
+        raise AuthenticationError(f"no RunComfy API token: {token_help(settings)}")
+    return found
 
 
 async def _secret_block(name: str) -> str | None:
@@ -163,4 +195,4 @@ async def _secret_block(name: str) -> str | None:
     except ValueError:  # Prefect's answer for a block that does not exist
         return None
     value = secret.get()
-    return value.strip() if isinstance(value, str) and value.strip() else None
+    return value if isinstance(value, str) else None

@@ -9,7 +9,9 @@ into one item per combination; ``{name}`` in a prompt is filled from ``vars``.
 
 Planning is two passes over a re-iterable source. ``plan_batch`` validates every row
 and keeps only counts, bad rows, duplicates and fingerprints; ``BatchPlan.iter_items``
-streams the unique valid items again, in order. Bad rows never stop the good ones.
+streams the unique valid items again, in order. Bad rows never stop the good ones: a
+line that is not UTF-8 or holds a control character, or a value (or key) with a lone
+surrogate or NUL, is an invalid row with its line, in every format.
 
     >>> rows = rows_from_prompts(["a {animal} at dawn", "an owl at {time}"])
     >>> plan = plan_batch(rows, defaults={"vars": {"animal": ["fox", "hare"]},
@@ -66,12 +68,13 @@ class Row(BaseModel):
     """One row of a source, before validation. ``line`` is 1-based in the source file.
 
     ``error`` is set when the row could not even be read (say, a JSONL line that is not
-    JSON); such a row is reported as invalid.
+    JSON, or not UTF-8: then ``unreadable``); such a row is reported as invalid.
     """
 
     line: int
     fields: dict[str, Any]
     error: str | None = None
+    unreadable: bool = False  # the error is that its line is not text (bytes, controls)
 
 
 class Item(BaseModel):
@@ -199,22 +202,59 @@ def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _decode(raw: bytes, line: int, offset: int) -> str:
-    """``raw`` as UTF-8 text, or an InputError naming the line and byte offset."""
+# What a prompt file may not hold, even when it decodes: lone surrogates (JSON's "\ud800"
+# decodes to one; UTF-8 cannot encode it, so it could never be hashed, stored or sent),
+# and control characters other than tab and line ends (NUL among them).
+_NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every character ``_NOT_TEXT`` matches as U+FFFD: safe to write anywhere."""
+    return _NOT_TEXT.sub("\ufffd", text)
+
+
+def _not_text(fields: dict[str, Any]) -> str | None:
+    """What makes a row's fields (keys and values, at any depth) not text, or None."""
+    for key, value in fields.items():
+        stack: list[Any] = [key, value]
+        while stack:
+            part = stack.pop()
+            if isinstance(part, dict):
+                stack += [*part.keys(), *part.values()]
+            elif isinstance(part, list | tuple):
+                stack += part
+            elif isinstance(part, str) and (found := _NOT_TEXT.search(part)):
+                code = ord(found[0])
+                what = "a lone surrogate" if 0xD800 <= code <= 0xDFFF else "a control character"
+                return (f"{excerpt(printable(key))}: contains U+{code:04X}, {what}, "
+                        "which is not text")
+    return None
+
+
+def _line_text(raw: bytes) -> tuple[str, str | None]:
+    """One line's bytes as text, and what makes them unreadable (None when nothing does).
+
+    Bytes that are not UTF-8 and characters that are not text become U+FFFD, so the
+    parser still finds the rows around them; the problem makes the row on that line
+    invalid (the batch goes on with the others).
+    """
+    problem = None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"source: not UTF-8 text at line {line} (byte {offset + exc.start}); "
-                         "prompt files must be UTF-8 text", field="source") from None
-    if "\x00" in text:
-        raise InputError(f"source: NUL byte at line {line} (byte {offset + text.index(chr(0))}); "
-                         "prompt files must be UTF-8 text", field="source")
-    return text
+        text = raw.decode("utf-8", errors="replace")
+        problem = f"not UTF-8 text (byte {exc.start + 1} of the line); prompt files must be UTF-8"
+    found = _NOT_TEXT.search(text)
+    if found:
+        problem = problem or (f"control character U+{ord(found[0]):04X} (character "
+                              f"{found.start() + 1} of the line) in a prompt file")
+        text = printable(text)
+    return text, problem
 
 
-def _text_lines(path: Path) -> Iterator[str]:
-    """The file's lines as text (endings kept), one at a time, each at most MAX_LINE_BYTES."""
-    offset = 0
+def _text_lines(path: Path) -> Iterator[tuple[str, str | None]]:
+    """The file's lines as text (endings kept) with their problems, one at a time, each at
+    most MAX_LINE_BYTES; a leading UTF-8 byte-order mark is dropped."""
     with path.open("rb") as stream:
         for line in itertools.count(1):
             raw = stream.readline(MAX_LINE_BYTES + 1)
@@ -223,18 +263,38 @@ def _text_lines(path: Path) -> Iterator[str]:
             if len(raw) > MAX_LINE_BYTES:
                 raise InputError(f"source: line {line} is longer than {MAX_LINE_BYTES:,} bytes; "
                                  "is this a prompt file?", field="source")
-            start = len(codecs.BOM_UTF8) if line == 1 and raw.startswith(codecs.BOM_UTF8) else 0
-            yield _decode(raw[start:], line, offset + start)
-            offset += len(raw)
+            yield _line_text(raw.removeprefix(codecs.BOM_UTF8) if line == 1 else raw)
 
 
 def _csv_rows(path: Path) -> Iterator[Row]:
-    reader = csv.DictReader(_text_lines(path))
+    problems: dict[int, str] = {}  # line -> what makes it unreadable
+
+    def lines() -> Iterator[str]:
+        for line, (text, problem) in enumerate(_text_lines(path), start=1):
+            if problem:
+                problems[line] = problem
+                # A bare carriage return in binary junk is a CSV error for the whole file.
+                text = text[:-2].replace("\r", "\ufffd") + text[-2:]
+            yield text
+
+    reader = csv.DictReader(lines())
     try:
+        reader.fieldnames  # noqa: B018 -- reads the header, so line_num is where rows start
+        last = reader.line_num
+        if problems:  # the header is not text: no column of any row can be read
+            line = min(problems)
+            raise InputError(f"source: line {line}: {problems[line]} (the header)",
+                             field="source")
         for record in reader:
+            # A record may span lines (a quoted line break): any bad line spoils it.
+            spoilt = [problems.pop(n) for n in range(last + 1, reader.line_num + 1)
+                      if n in problems]
+            last = reader.line_num
             fields = {k.strip(): v.strip() for k, v in record.items()
                       if isinstance(k, str) and k.strip() and isinstance(v, str) and v.strip()}
-            if fields:
+            if spoilt:
+                yield Row(line=reader.line_num, fields={}, error=spoilt[0], unreadable=True)
+            elif fields:
                 yield _csv_row(reader.line_num, fields)
     except csv.Error as exc:
         raise InputError(f"source: not valid CSV at line {reader.line_num}: {exc}",
@@ -253,7 +313,11 @@ def _csv_row(line: int, fields: dict[str, Any]) -> Row:
 
 
 def _jsonl_rows(path: Path) -> Iterator[Row]:
-    for n, text in enumerate(_text_lines(path), start=1):
+    for n, (text, problem) in enumerate(_text_lines(path), start=1):
+        text = text.lstrip("\ufeff")  # each of several concatenated files may have a BOM
+        if problem:
+            yield Row(line=n, fields={}, error=problem, unreadable=True)
+            continue
         if not text.strip() or text.lstrip().startswith("#"):
             continue
         try:
@@ -305,29 +369,39 @@ _YamlLoader.add_implicit_resolver(
     list("-+.0123456789"))
 
 
-def _yaml_text(path: Path) -> str:
-    """The whole file as text (the caller has capped its size)."""
+def _yaml_text(path: Path) -> tuple[str, dict[int, str]]:
+    """The whole file as text (the caller has capped its size), and line -> its problem."""
     with path.open("rb") as stream:
-        raw = stream.read(MAX_WHOLE_FILE_BYTES + 1)
-    try:
-        return _decode(raw.removeprefix(codecs.BOM_UTF8), 1, 0)
-    except InputError:
-        offset = 0
-        for line, text in enumerate(raw.splitlines(keepends=True), start=1):
-            _decode(text, line, offset)  # raises naming the line
-            offset += len(text)
-        raise
+        raw = stream.read(MAX_WHOLE_FILE_BYTES + 1).removeprefix(codecs.BOM_UTF8)
+    texts, problems = [], {}
+    for line, part in enumerate(raw.splitlines(keepends=True), start=1):
+        text, problem = _line_text(part)
+        texts.append(text)
+        if problem:
+            problems[line] = problem
+    return "".join(texts), problems
 
 
 def _yaml_rows(path: Path) -> Iterator[Row]:
-    """A list of rows, or ``{defaults: {...}, prompts: [...]}`` (defaults merge into rows)."""
-    loader = _YamlLoader(_yaml_text(path))
+    """A list of rows, or ``{defaults: {...}, prompts: [...]}`` (defaults merge into rows).
+
+    A row on a line that is not text is invalid; such a line outside every row (in the
+    defaults, say) spoils the whole file.
+    """
+    text, problems = _yaml_text(path)
+
+    def refuse(message: str) -> InputError:  # a line that is not text says more
+        line = min(problems, default=None)
+        return InputError(f"source: line {line}: {problems[line]}" if line else message,
+                          field="source")
+
+    loader = _YamlLoader(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
-        raise InputError(f"source: not valid YAML: {excerpt(str(exc), MAX_REASON_CHARS)}",
-                         field="source") from None
+        raise refuse(f"source: not valid YAML: {excerpt(str(exc), MAX_REASON_CHARS)}"
+                     ) from None
     finally:
         loader.dispose()
     defaults: dict[str, Any] = {}
@@ -335,15 +409,28 @@ def _yaml_rows(path: Path) -> Iterator[Row]:
     if isinstance(data, dict):
         defaults = data.get("defaults") or {}
         if not isinstance(defaults, dict):
-            raise InputError("source: YAML 'defaults' must be a mapping", field="source")
+            raise refuse("source: YAML 'defaults' must be a mapping")
         seq_node = next((v for k, v in node.value if k.value in ("prompts", "rows")), None)
         data = data.get("prompts", data.get("rows"))
     if not isinstance(data, list) or seq_node is None:
-        raise InputError("source: YAML must be a list of prompts or have a 'prompts' list",
-                         field="source")
+        raise refuse("source: YAML must be a list of prompts or have a 'prompts' list")
+    rows = []
     for item_node, value in zip(seq_node.value, data, strict=True):
-        row = _row(item_node.start_mark.line + 1, value)
-        yield row.model_copy(update={"fields": merge(defaults, row.fields)}) if defaults else row
+        first = item_node.start_mark.line + 1
+        # A block mapping ends where the next row starts: nothing of it is on that line.
+        end = item_node.end_mark
+        ends_early = not text[text.rfind("\n", 0, end.index) + 1:end.index].strip()
+        last = max(first, end.line if ends_early else end.line + 1)
+        spoilt = [problems.pop(n) for n in range(first, last + 1) if n in problems]
+        if spoilt:
+            rows.append(Row(line=first, fields={}, error=spoilt[0], unreadable=True))
+            continue
+        row = _row(first, value)
+        rows.append(row.model_copy(update={"fields": merge(defaults, row.fields)})
+                    if defaults else row)
+    if problems:
+        raise refuse("")
+    yield from rows
 
 
 class ConcatRows:
@@ -500,7 +587,7 @@ def _display(value: Any, kind: type) -> Any:
     if kind is int and isinstance(value, bool):
         return None
     if isinstance(value, str) and kind is str:
-        return excerpt(value)
+        return printable(excerpt(value))
     return value if isinstance(value, kind) else None
 
 
@@ -514,6 +601,8 @@ class _Planner:
         if defaults and "vars" in defaults and not isinstance(defaults["vars"], dict):
             raise InputError("defaults: vars must be an object of name: value",
                              field="defaults")
+        if defaults and (problem := _not_text(defaults)):
+            raise InputError(f"defaults: {problem}", field="defaults")
         self.defaults, self.model_id = defaults or {}, model_id
         self.variables = variables or {}
 
@@ -523,6 +612,8 @@ class _Planner:
         fields = merge(self.defaults, row.fields)
         if row.error is not None:
             return self._invalid(row, row.error, fields)
+        if problem := _not_text(row.fields):  # before anything hashes or sends it
+            return self._invalid(row, problem, fields)
         one: dict[str, Any] = {}
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -539,7 +630,7 @@ class _Planner:
 
     @staticmethod
     def _invalid(row: Row, reason: str, fields: dict[str, Any]) -> InvalidRow:
-        return InvalidRow(line=row.line, reason=excerpt(reason, MAX_REASON_CHARS),
+        return InvalidRow(line=row.line, reason=printable(excerpt(reason, MAX_REASON_CHARS)),
                           prompt=_display(fields.get("prompt"), str))
 
 
@@ -631,8 +722,8 @@ def plan_batch(
 
     ``rows`` should be re-iterable (a ``RowSource``, a list, ``concat_rows(...)``):
     ``iter_items`` reads it again. A one-shot iterator is copied into a list first.
-    Raises ``InputError`` only for the whole batch: bad ``defaults``, or a source that
-    cannot be read.
+    Raises ``InputError`` only for the whole batch: bad ``defaults``, a source that
+    cannot be read, or one in which no row is text (a binary file).
     """
     planner = _Planner(defaults, model_id, variables)
     if isinstance(rows, Iterator):
@@ -641,9 +732,10 @@ def plan_batch(
     invalid = Compact(InvalidRow)
     duplicates = Compact(Duplicate)
     notes: list[str] = []
-    count = ordinal = 0
+    count = ordinal = unreadable = 0
     for row in rows:
         count += 1
+        unreadable += row.unreadable
         planned = planner.plan(row, notes)
         if isinstance(planned, InvalidRow):
             invalid.add(planned.line, planned.reason, planned.prompt)
@@ -659,6 +751,9 @@ def plan_batch(
             else:
                 first[digest] = ordinal << 32 | row.line
         del notes[MAX_WARNINGS + 1:]
+    if count and unreadable == count:  # not one row of text: not a prompt file at all
+        raise InputError(f"source: no row is text (line {invalid[0].line}: "
+                         f"{invalid[0].reason}); is this a prompt file?", field="source")
     plan = BatchPlan(rows=count, items=len(first), invalid=invalid, duplicates=duplicates,
                      warnings=_warnings(notes))
     plan._pass2 = (rows, planner, first)

@@ -55,15 +55,16 @@ def provision_command(
     from pydantic import ValidationError
 
     from flashgen.errors import FlashgenError
-    from flashgen.settings import get_settings
+    from flashgen.settings import get_settings, normalise_token
     from flashgen.infra.provision import ProvisionConfig, ProvisionError, provision
 
     api_url = get_current_settings().api.url
     if not api_url:
         _fail("PREFECT_API_URL is not set: point it at the Prefect server to provision "
               "(e.g. http://prefect.internal:4200/api)")
-    token = os.environ.get(token_from_env) or None
     try:
+        # Stored as read, less a file's newline; a malformed one is refused naming the variable.
+        token = normalise_token(os.environ.get(token_from_env), token_from_env)
         config = ProvisionConfig.from_settings(
             get_settings(), bucket=bucket, sse=sse, kms_key_id=kms_key_id,
             api_concurrency=api_concurrency, concurrency_limit=concurrency_limit,

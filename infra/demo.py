@@ -56,6 +56,7 @@ def _main(out: Path, job_time: float, concurrency: int) -> int:
     config = EmulatorConfig(workers=concurrency, job_time=job_time, tokens=[TOKEN])
     with EmulatorServer(config) as api, MotoS3() as s3:
         os.environ.update(s3.env, RUNCOMFY_BASE_URL=api.url, RUNCOMFY_API_TOKEN=TOKEN,
+                          FLASHGEN_OUTPUT_NETWORKS="127.0.0.0/8",  # the emulator's files
                           FLASHGEN_BUCKET=BUCKET, FLASHGEN_PREFIX="demo",
                           FLASHGEN_API_CONCURRENCY=str(concurrency),
                           FLASHGEN_POLL_INITIAL="0.25", FLASHGEN_POLL_MAXIMUM="1")

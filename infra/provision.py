@@ -54,7 +54,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, field_validator
 
-from flashgen.settings import DEFAULT_TOKEN_BLOCK, Settings
+from flashgen.settings import DEFAULT_TOKEN_BLOCK, TOKEN_ENV, Settings, normalise_token
 from flashgen.storage import SSE_ALGORITHMS, Store, make_client
 from flashgen.flows.generate import SUBMIT_RATE_LIMIT
 
@@ -110,7 +110,8 @@ class ProvisionConfig(BaseModel):
             "prefix": settings.prefix, "inbox_queue": settings.inbox_queue,
             "sse": settings.s3_sse or "AES256", "kms_key_id": settings.s3_kms_key_id,
             "api_concurrency": settings.api_concurrency,
-            "concurrency_limit": settings.concurrency_limit, "token": settings.api_token,
+            "concurrency_limit": settings.concurrency_limit,
+            "token": normalise_token(settings.api_token, TOKEN_ENV),
             "token_block": settings.token_block,
         }
         return cls(**{**base, **{k: v for k, v in given.items() if v is not None}})

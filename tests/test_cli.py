@@ -58,7 +58,7 @@ def test_an_unreadable_token_exits_2_with_one_line_naming_its_source(monkeypatch
         get_settings.cache_clear()
     assert result.exit_code == 2
     [line] = result.output.strip().splitlines()
-    assert line.startswith("error: the token from RUNCOMFY_API_TOKEN is unreadable")
+    assert line.startswith("error: RUNCOMFY_API_TOKEN: the API token has a space, control")
     assert "hidden-part" not in result.output
 
 
@@ -85,3 +85,17 @@ def test_status_result_and_cancel_speak_to_the_api(monkeypatch):
         assert runner.invoke(app, ["cancel", ids[0]]).stdout.strip() == "not_cancellable"
         assert runner.invoke(app, ["cancel", ids[1]]).stdout.strip() == "cancelled"
     get_settings.cache_clear()
+
+
+def test_a_token_with_a_space_inside_exits_2_naming_the_variable_not_the_value(monkeypatch):
+    from flashgen.settings import get_settings
+
+    monkeypatch.setenv("RUNCOMFY_API_TOKEN", "half-a-token second-half\n")
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["status", "req-1"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert "RUNCOMFY_API_TOKEN: the API token has a space" in result.output
+    assert "half-a-token" not in result.output and "second-half" not in result.output

@@ -84,17 +84,29 @@ def test_reading_never_slurps_the_whole_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["p.csv", "p.jsonl", "p.yaml", "p.json"])
 def test_binary_files_are_input_errors_naming_where(tmp_path, name):
-    data = b"prompt\nfine\n\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"
+    data = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"
     with pytest.raises(InputError) as caught:
         plan_batch(read_rows(_write(tmp_path, name, data)))
     assert caught.value.field == "source"
-    assert "UTF-8" in str(caught.value) and "line 3" in str(caught.value)
+    assert "UTF-8" in str(caught.value) and "line 1" in str(caught.value)
 
 
-def test_nul_bytes_mean_not_a_text_file(tmp_path):
-    with pytest.raises(InputError, match="line 2") as caught:
-        plan_batch(read_rows(_write(tmp_path, "p.jsonl", b'"a fox"\n\x00\x00\x00\n')))
-    assert caught.value.field == "source"
+@pytest.mark.parametrize("name,text", [("p.csv", b"prompt\nfine\n"),
+                                       ("p.jsonl", b'"ok"\n"fine"\n')])
+def test_binary_lines_beside_text_are_invalid_rows(tmp_path, name, text):
+    """Issue 17.5: the batch goes on with the good rows (it once refused the whole file)."""
+    data = text + b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"
+    plan = plan_batch(read_rows(_write(tmp_path, name, data)))
+    assert [item.inputs["prompt"] for item in plan.iter_items()][-1] == "fine"
+    assert plan.invalid and all(row.line >= 3 for row in plan.invalid)
+    assert "UTF-8" in plan.invalid[0].reason
+
+
+def test_nul_bytes_make_their_line_an_invalid_row(tmp_path):
+    plan = plan_batch(read_rows(_write(tmp_path, "p.jsonl", b'"a fox"\n\x00\x00\x00\n')))
+    assert [(row.line, row.reason) for row in plan.invalid] == [
+        (2, "control character U+0000 (character 1 of the line) in a prompt file")]
+    assert plan.items == 1
 
 
 def test_invalid_rows_carry_only_display_safe_values(tmp_path):

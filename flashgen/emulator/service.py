@@ -14,12 +14,14 @@ It knows nothing of HTTP beyond the bodies: ``app.py`` maps routes and faults on
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from flashgen.emulator.config import EmulatorConfig
 from flashgen.emulator.faults import FaultPlan
@@ -230,11 +232,14 @@ def _job_error(job: Job) -> dict[str, Any]:
     a careless API might, so that clients can prove they never pass them on."""
     if job.echo is None:
         return dict(JOB_FAILED)
-    return {
+    header = job.echo.encode()
+    return {  # as a value, as a key, escaped, URL-quoted and base64'd, nested
         "code": 500001,
         "message": f"the job failed (emulated fault job:echo-auth); request had "
         f"Authorization: {job.echo}",
         "request": {"headers": {"authorization": job.echo}},
+        job.echo: {"seen": [repr(header + b"\n"), quote(job.echo, safe="")]},
+        "trace": base64.b64encode(b"Authorization: " + header).decode(),
     }
 
 

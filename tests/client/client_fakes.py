@@ -8,8 +8,18 @@ from typing import Any
 
 import httpx
 
+from flashgen.outputs import OutputPolicy, parse_networks
+
 TOKEN = "tok-3f9c1d2e7a4b4c0e9d8f"  # a fake token, distinctive enough to grep for
 API = "https://api.test"
+
+
+def local_outputs() -> OutputPolicy:
+    """Outputs from the fakes and the emulator: a ``.test`` name stands for 127.0.0.1 (no
+    lookup leaves the machine), and 127.0.0.0/8 is allowed, as ``FLASHGEN_OUTPUT_NETWORKS``
+    allows it for the local emulator."""
+    return OutputPolicy(networks=parse_networks("127.0.0.0/8"),
+                        resolve=lambda host, port: ["127.0.0.1"] if host.endswith(".test") else [])
 
 
 def answer(status: int, body: Any = None, *, headers: dict[str, str] | None = None,

@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from client_fakes import TOKEN
+from client_fakes import TOKEN, local_outputs
 
 from flashgen import timing
 from flashgen.client import RunComfyClient
@@ -56,6 +56,7 @@ class Emulated:
         self._admin = httpx.AsyncClient(transport=inner, base_url=base_url)
 
     def client(self, token: str = TOKEN, **kw: Any) -> RunComfyClient:
+        kw.setdefault("outputs", local_outputs())
         return RunComfyClient(token, self.base_url, transport=self.recorder, **kw)
 
     async def stats(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import logging
 
 import httpx
 import pytest
-from client_fakes import API, TOKEN, Script, answer, problem
+from client_fakes import API, TOKEN, Script, answer, local_outputs, problem
 from emulated import emulated
 from pydantic import SecretStr
 
@@ -21,6 +21,7 @@ from flashgen.errors import (
     AuthenticationError,
     DownloadError,
     FlashgenError,
+    InputError,
     JobFailedError,
     TransientApiError,
 )
@@ -49,7 +50,7 @@ def log_everything(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def client_for(script: Script, token: str = TOKEN) -> RunComfyClient:
-    return RunComfyClient(token, API, transport=script.transport)
+    return RunComfyClient(token, API, transport=script.transport, outputs=local_outputs())
 
 
 def echoing(state: str, **extra: object) -> httpx.Response:
@@ -199,7 +200,7 @@ async def test_an_unreadable_token_is_refused_naming_its_source_not_its_value(
     """A token no HTTP header can carry (a line break, a space, a control or non-ASCII
     character) is refused before any request, naming where it came from; before, httpx's
     error quoted the header, token and all, and the probe was retried as transient."""
-    with pytest.raises(AuthenticationError) as caught:
+    with pytest.raises(InputError) as caught:
         await resolve_token(Settings(api_token=SecretStr(value)))
     assert "RUNCOMFY_API_TOKEN" in str(caught.value) and "secret-part" not in str(caught.value)
 
@@ -207,7 +208,7 @@ async def test_an_unreadable_token_is_refused_naming_its_source_not_its_value(
         return value
 
     monkeypatch.setattr(settings_module, "_secret_block", block)
-    with pytest.raises(AuthenticationError, match="Secret block 'runcomfy-api-token'") as caught:
+    with pytest.raises(InputError, match="Secret block 'runcomfy-api-token'") as caught:
         await resolve_token(Settings())
     assert "secret-part" not in str(caught.value)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from client_fakes import API, TOKEN, Script, answer, problem
+from client_fakes import API, TOKEN, Script, answer, local_outputs, problem
 from pydantic import SecretStr
 
 from flashgen import client as client_module
@@ -40,7 +40,8 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
 
 
 def client_for(script: Script, **kw) -> RunComfyClient:
-    return RunComfyClient(TOKEN, API, transport=script.transport, **kw)
+    return RunComfyClient(TOKEN, API, transport=script.transport,
+                          **{"outputs": local_outputs(), **kw})
 
 
 def status(state: str, **extra) -> httpx.Response:
@@ -78,8 +79,8 @@ async def test_poll_bounds_prior_and_caps_come_from_the_settings() -> None:
     settings = Settings(base_url=API, poll_initial=0.2, poll_maximum=0.4, job_time_prior=3.0,
                         max_image_bytes=1000)
     script = file_host(b"\0" * 2000)
-    async with RunComfyClient.from_settings(settings, TOKEN,
-                                            transport=script.transport) as client:
+    async with RunComfyClient.from_settings(settings, TOKEN, transport=script.transport,
+                                            outputs=local_outputs()) as client:
         assert client.estimator.expected() == 3.0
         assert (client._poll.initial, client._poll.maximum) == (0.2, 0.4)
         with pytest.raises(DownloadError, match="1000-byte cap"):

@@ -228,6 +228,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
                  "PREFECT_HOME": str(tmp / "cli-home"), "PREFECT_WORKER_QUERY_SECONDS": "1",
                  "FLASHGEN_BUCKET": BUCKET, "FLASHGEN_PREFIX": PREFIX,
                  "FLASHGEN_API_CONCURRENCY": str(API_SLOTS), "RUNCOMFY_BASE_URL": s.emulator,
+                 "FLASHGEN_OUTPUT_NETWORKS": "127.0.0.0/8",
                  "FLASHGEN_POLL_INITIAL": "0.2", "FLASHGEN_POLL_MAXIMUM": "0.5"}
         for name, url in (("prefect server", s.api + "/health"), ("moto", s.s3_url),
                           ("emulator", s.emulator + "/_emulator/stats")):

@@ -37,6 +37,7 @@ def pipeline(prefect_server, emulator, monkeypatch, tmp_path):
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1", "RUNCOMFY_BASE_URL": emulator.url,
+        "FLASHGEN_OUTPUT_NETWORKS": "127.0.0.0/8",
         "RUNCOMFY_API_TOKEN": TOKEN, "FLASHGEN_BUCKET": BUCKET, "FLASHGEN_PREFIX": "t",
         "FLASHGEN_POLL_INITIAL": "0.05", "FLASHGEN_POLL_MAXIMUM": "0.2",
         "FLASHGEN_SEND_LEASE": "2", "FLASHGEN_STATE_DIR": str(tmp_path / "state"),

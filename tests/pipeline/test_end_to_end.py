@@ -33,6 +33,7 @@ def stack(prefect_api, s3_server, request, tmp_path):
     prefix = f"run-{request.node.name[:40]}".replace("[", "-").replace("]", "")
     with EmulatorServer(config) as api:
         env = {**os.environ, **prefect_api, **s3_server.env, "RUNCOMFY_BASE_URL": api.url,
+               "FLASHGEN_OUTPUT_NETWORKS": "127.0.0.0/8",
                "RUNCOMFY_API_TOKEN": TOKEN, "FLASHGEN_BUCKET": BUCKET, "FLASHGEN_PREFIX": prefix,
                "FLASHGEN_POLL_INITIAL": "0.1", "FLASHGEN_POLL_MAXIMUM": "0.5",
                "FLASHGEN_SEND_LEASE": "10", "FLASHGEN_STATE_DIR": str(tmp_path / "state"),

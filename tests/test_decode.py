@@ -1,0 +1,108 @@
+"""No broken file is stored as good (issue 17.4): generated cases over every format and
+form the model may return (``output_schema.json``: images, animated ones among them, and
+videos), cut short at any byte or with bytes flipped anywhere."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, features
+
+from flashgen.decode import verify_output
+from flashgen.errors import CorruptDownloadError
+
+EXAMPLES = 300
+
+# name -> (Pillow format, save options, how many frames)
+FORMATS = {
+    "png": ("PNG", {}, 1), "apng": ("PNG", {}, 3),
+    "jpeg": ("JPEG", {}, 1), "jpeg-progressive": ("JPEG", {"progressive": True}, 1),
+    "webp": ("WEBP", {}, 1), "webp-lossless": ("WEBP", {"lossless": True}, 1),
+    "webp-animated": ("WEBP", {}, 3),
+    "gif": ("GIF", {}, 1), "gif-animated": ("GIF", {}, 3),
+    "tiff": ("TIFF", {}, 1), "tiff-lzw": ("TIFF", {"compression": "tiff_lzw"}, 1),
+    "tiff-pages": ("TIFF", {}, 3), "bmp": ("BMP", {}, 1),
+}
+if features.check("avif"):
+    FORMATS["avif"] = ("AVIF", {}, 1)
+
+
+def _image(name: str, width: int, height: int, seed: int) -> bytes:
+    fmt, options, frames = FORMATS[name]
+    rng = random.Random(seed)
+    images = [Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3))
+              for _ in range(frames)]
+    out = io.BytesIO()
+    if frames > 1:
+        images[0].save(out, fmt, save_all=True, append_images=images[1:], **options)
+    else:
+        images[0].save(out, fmt, **options)
+    return out.getvalue()
+
+
+def _box(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def _mp4(seed: int, media: int) -> bytes:
+    """An ISO base media file's top-level structure: ftyp, moov (with a header), mdat."""
+    rng = random.Random(seed)
+    return (_box(b"ftyp", b"isom\0\0\2\0isomiso2mp41")
+            + _box(b"moov", _box(b"mvhd", rng.randbytes(100)))
+            + _box(b"mdat", rng.randbytes(media)))
+
+
+images = st.tuples(st.sampled_from(sorted(FORMATS)), st.integers(1, 40), st.integers(1, 40),
+                   st.integers(0, 2**32))
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(image=images, data=st.data())
+def test_an_image_cut_short_anywhere_is_never_good(image, data):
+    name, width, height, seed = image
+    whole = _image(name, width, height, seed)
+    assert verify_output(whole, "image/png") == (width, height)
+    cut = data.draw(st.integers(0, len(whole) - 1), label="cut")
+    with pytest.raises(CorruptDownloadError) as caught:
+        verify_output(whole[:cut], "image/png")
+    assert caught.value.transient  # fetched again from the request_id, never resubmitted
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(image=images, data=st.data())
+def test_an_image_with_flipped_bytes_decodes_whole_or_is_refused(image, data):
+    """Formats without checksums may still decode (a flipped pixel is a pixel); nothing
+    else may happen: no other exception, and what passes decodes again to the same size."""
+    name, width, height, seed = image
+    whole = bytearray(_image(name, width, height, seed))
+    for _ in range(data.draw(st.integers(1, 4), label="flips")):
+        at = data.draw(st.integers(0, len(whole) - 1))
+        whole[at] ^= data.draw(st.integers(1, 255))
+    try:
+        size = verify_output(bytes(whole), "image/png")
+    except CorruptDownloadError:
+        return
+    assert size is not None and size[0] * size[1] > 0
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(seed=st.integers(0, 2**32), media=st.integers(0, 2000), data=st.data())
+def test_a_video_cut_short_anywhere_is_never_good(seed, media, data):
+    whole = _mp4(seed, media)
+    assert verify_output(whole, "video/mp4") is None
+    cut = data.draw(st.integers(0, len(whole) - 1), label="cut")
+    with pytest.raises(CorruptDownloadError) as caught:
+        verify_output(whole[:cut], "video/mp4")
+    assert caught.value.transient
+
+
+def test_a_video_flashgen_cannot_check_is_refused_for_good():
+    webm = b"\x1aE\xdf\xa3" + b"\0" * 100
+    with pytest.raises(CorruptDownloadError, match="cannot be verified") as caught:
+        verify_output(webm, "video/webm")
+    assert not caught.value.transient  # fetching it again would not help
