@@ -189,6 +189,7 @@ def test_a_project_with_its_own_flows_and_tasks_calls_the_installed_flashgen(
     with EmulatorServer(EmulatorConfig(workers=4, job_time=0.1, tokens=[TOKEN])) as api:
         env = {**prefect_api, **s3_server.env, "RUNCOMFY_BASE_URL": api.url,
                "RUNCOMFY_API_TOKEN": TOKEN, "FLASHGEN_STATE_DIR": str(tmp_path / "state"),
+               "FLASHGEN_OUTPUT_NETWORKS": "127.0.0.0/8",  # the emulator's files
                "FLASHGEN_POLL_INITIAL": "0.05", "FLASHGEN_POLL_MAXIMUM": "0.2",
                "PREFECT_LOGGING_LEVEL": "WARNING",
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
