@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 from pydantic import BaseModel
 
@@ -24,6 +25,13 @@ from flashgen.sources import Item
 from flashgen.storage import Store
 
 LEDGER_READERS = 16  # ledger reads in flight at once (boto3's pool holds 32)
+
+
+class Stored(NamedTuple):
+    """Where an item an earlier run stored is (from its ledger entry)."""
+
+    record_uri: str | None
+    image_uris: tuple[str, ...]
 
 
 class RunPlan(BaseModel):
@@ -83,18 +91,19 @@ class RunPlan(BaseModel):
 
 
 def census(store: Store, items: Iterable[Item], *, force: bool = False,
-           resubmit_ambiguous: bool = False) -> tuple[Counter[str], set[str]]:
-    """Ledger states of ``items`` (counted) and the fingerprints already stored.
+           resubmit_ambiguous: bool = False) -> tuple[Counter[str], dict[str, Stored]]:
+    """Ledger states of ``items`` (counted) and where the already stored ones are.
 
     Reads at most ``LEDGER_READERS`` entries at a time, whatever the number of items.
     """
     counts: Counter[str] = Counter()
-    stored: set[str] = set()
+    stored: dict[str, Stored] = {}
     for item, found in _bounded_map(store.read_ledger, items, LEDGER_READERS):
         state = found[0].state if found else None
-        if state == LedgerState.STORED and not force:
+        if state == LedgerState.STORED and found and not force:
             counts["stored"] += 1
-            stored.add(item.fingerprint)
+            # A rerun's manifest row points at them too (its gallery shows the whole batch).
+            stored[item.fingerprint] = Stored(found[0].record_uri, tuple(found[0].image_uris))
         elif state == LedgerState.SUBMITTED and found and found[0].request_id:
             counts["in_flight"] += 1
         elif state in (LedgerState.AMBIGUOUS, LedgerState.SENDING, LedgerState.CLAIMED) and (

@@ -4,6 +4,8 @@
                                 the ``inbox`` deployment's trigger starts a batch on it
     flashgen.batch.completed    a batch ended within its failure ratio (flows/summary.py)
     flashgen.batch.failed       a batch ended with too many failed items; an automation alerts
+    flashgen.batch.cancelled    a batch was cancelled part-way and stopped cleanly (its
+                                manifest says what was done; `flashgen resume` finishes it)
 
 ``prefect.yaml`` and ``deployments/automations.yaml`` match on these same strings.
 """
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 PROMPTS_UPLOADED = "flashgen.prompts.uploaded"
 BATCH_COMPLETED = "flashgen.batch.completed"
 BATCH_FAILED = "flashgen.batch.failed"
+BATCH_CANCELLED = "flashgen.batch.cancelled"
 
 
 async def send_event(client: PrefectClient, event: Event) -> None:

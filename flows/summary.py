@@ -13,7 +13,7 @@ from flashgen.errors import BatchFailedError
 from flashgen.manifest import ManifestSpool
 from flashgen.plan import RunPlan
 from flashgen.records import ItemState, ManifestRow
-from flashgen.flows.events import BATCH_COMPLETED, BATCH_FAILED
+from flashgen.flows.events import BATCH_CANCELLED, BATCH_COMPLETED, BATCH_FAILED
 
 FIRST_ERRORS = 5
 
@@ -25,6 +25,7 @@ class BatchSummary(BaseModel):
     skipped: int = 0
     failed: int = 0
     invalid: int = 0
+    cancelled: int = 0  # not sent, cancelled at the API, or left running (in the ledger)
     image_uris: list[str] = []
     manifest_uri: str | None = None
     failures: list[str] = []  # "line N: reason", first few
@@ -38,6 +39,7 @@ class BatchSummary(BaseModel):
     refused: str | None = None  # why the run stopped before sending anything (bad input)
     gallery_url: str | None = None  # presigned link to the batch's HTML gallery
     catalog_uri: str | None = None  # the batch's Parquet file in the catalog
+    stopped: str | None = None  # why the batch was cancelled part-way (flashgen.stopping)
 
     @property
     def failure_ratio(self) -> float:
@@ -55,15 +57,19 @@ class BatchSummary(BaseModel):
         if self.dry_run and self.plan:
             return (f"batch {self.batch_id} (dry run, nothing sent): {self.plan.to_send} new "
                     f"paid submission(s) of {self.plan.items} item(s)")
-        return (f"batch {self.batch_id}: {self.stored} stored, {self.skipped} skipped, "
-                f"{self.failed} failed, {self.invalid} invalid of {self.total}")
+        counts = (f"{self.stored} stored, {self.skipped} skipped, {self.failed} failed, "
+                  f"{self.invalid} invalid")
+        if self.stopped:
+            return (f"batch {self.batch_id} cancelled ({self.stopped}): {counts}, "
+                    f"{self.cancelled} cancelled of {self.total}")
+        return f"batch {self.batch_id}: {counts} of {self.total}"
 
     @classmethod
     def from_spool(cls, batch_id: str, spool: ManifestSpool, **fields) -> BatchSummary:
         count = spool.counts
         return cls(batch_id=batch_id, total=spool.total, stored=count[ItemState.STORED],
                    skipped=count[ItemState.SKIPPED], failed=count[ItemState.FAILED],
-                   invalid=count[ItemState.INVALID],
+                   invalid=count[ItemState.INVALID], cancelled=count[ItemState.CANCELLED],
                    image_uris=[u for r in spool.rows if r.state == ItemState.STORED
                                for u in r.image_uris],
                    failures=spool.failures,
@@ -76,7 +82,7 @@ class BatchSummary(BaseModel):
                     if r.state in (ItemState.FAILED, ItemState.INVALID)]
         return cls(batch_id=batch_id, total=len(rows), stored=count[ItemState.STORED],
                    skipped=count[ItemState.SKIPPED], failed=count[ItemState.FAILED],
-                   invalid=count[ItemState.INVALID],
+                   invalid=count[ItemState.INVALID], cancelled=count[ItemState.CANCELLED],
                    image_uris=[u for r in rows if r.state == ItemState.STORED
                                for u in r.image_uris],
                    failures=failures[:FIRST_ERRORS], rows=rows, **fields)
@@ -94,16 +100,19 @@ async def publish_table(summary: BatchSummary, rows: list[ManifestRow]) -> None:
 
 
 def emit_batch_event(summary: BatchSummary) -> None:
-    """``flashgen.batch.completed`` or ``.failed``, for downstream triggers and alerts."""
+    """``flashgen.batch.completed``, ``.failed`` or ``.cancelled``, for downstream triggers
+    and alerts."""
+    name = BATCH_CANCELLED if summary.stopped else BATCH_COMPLETED if summary.ok else (
+        BATCH_FAILED)
     emit_event(
-        event=BATCH_COMPLETED if summary.ok else BATCH_FAILED,
+        event=name,
         resource={"prefect.resource.id": f"flashgen.batch.{summary.batch_id}",
                   "prefect.resource.name": summary.batch_id},
         payload={"batch_id": summary.batch_id, "deployment": summary.deployment,
                  "flow_run_id": summary.flow_run_id, "flow_run_url": summary.flow_run_url,
                  "counts": {"total": summary.total, "stored": summary.stored,
                             "skipped": summary.skipped, "failed": summary.failed,
-                            "invalid": summary.invalid},
+                            "invalid": summary.invalid, "cancelled": summary.cancelled},
                  "manifest_uri": summary.manifest_uri, "first_errors": summary.failures},
     )
 
