@@ -30,6 +30,7 @@ LEDGER_READERS = 16  # ledger reads in flight at once (boto3's pool holds 32)
 class Stored(NamedTuple):
     """Where an item an earlier run stored is (from its ledger entry)."""
 
+    request_id: str | None
     record_uri: str | None
     image_uris: tuple[str, ...]
 
@@ -103,7 +104,9 @@ def census(store: Store, items: Iterable[Item], *, force: bool = False,
         if state == LedgerState.STORED and found and not force:
             counts["stored"] += 1
             # A rerun's manifest row points at them too (its gallery shows the whole batch).
-            stored[item.fingerprint] = Stored(found[0].record_uri, tuple(found[0].image_uris))
+            entry = found[0]
+            stored[item.fingerprint] = Stored(entry.request_id, entry.record_uri,
+                                              tuple(entry.image_uris))
         elif state == LedgerState.SUBMITTED and found and found[0].request_id:
             counts["in_flight"] += 1
         elif state in (LedgerState.AMBIGUOUS, LedgerState.SENDING, LedgerState.CLAIMED) and (

@@ -400,7 +400,8 @@ async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: dict[str, Store
             elif item.fingerprint in stored:
                 found = stored[item.fingerprint]
                 row = _row(item, ItemState.SKIPPED, "already stored").model_copy(update={
-                    "metadata_uri": found.record_uri, "image_uris": list(found.image_uris)})
+                    "request_id": found.request_id, "metadata_uri": found.record_uri,
+                    "image_uris": list(found.image_uris)})
             elif ctx.stop.requested:
                 row = _not_sent(ctx, item)
             else:

@@ -457,11 +457,13 @@ def test_cancelling_a_run_cancels_its_queued_jobs_and_a_resume_pays_nothing_twic
     logs = stack.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]},
                                                 "level": {"ge_": 40}}, "limit": 50})
     assert logs == [], [log["message"] for log in logs]
-    cancelled = stack.post("/events/filter", {"filter": {
-        "event": {"name": ["flashgen.batch.cancelled"]},
-        "resource": {"id": ["flashgen.batch.it-cancel"]},
-        "occurred": {"since": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}}})
-    assert len(cancelled["events"]) == 1, cancelled
+    cancelled = stack.wait_for("the flashgen.batch.cancelled event", lambda: stack.post(
+        "/events/filter", {"filter": {
+            "event": {"name": ["flashgen.batch.cancelled"]},
+            "resource": {"id": ["flashgen.batch.it-cancel"]},
+            "occurred": {"since": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}}}
+    )["events"], timeout=60)
+    assert len(cancelled) == 1 and cancelled[0]["payload"]["counts"]["cancelled"] >= 1
 
     # A resume from the batch's own record: no flags, nothing paid twice.
     stack.run([PYTHON, "-m", "flashgen.cli", "resume", "it-cancel"],
