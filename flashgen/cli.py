@@ -176,7 +176,11 @@ def batch(
     out: Annotated[Path | None, typer.Option(
         help="Also copy the batch's images and an offline gallery into this folder.")] = None,
 ) -> None:
-    """Generate a batch of images into S3 (runs the generate-images flow)."""
+    """Generate a batch of images into S3 (runs the generate-images flow).
+
+    Ctrl-C stops it cleanly: queued jobs are cancelled at the API, running ones stored
+    (exit 130); ``flashgen resume BATCH_ID`` finishes it.
+    """
     from flashgen.options import BatchOptions
 
     try:
