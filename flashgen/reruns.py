@@ -67,10 +67,9 @@ def record_batch(store: Store, options: BatchOptions, *, batch_id: str, run_date
     """Write the batch's record (and a copy of a local prompt file) before it sends anything."""
     copy = None
     source = options.source
-    if source and not source.startswith("s3://"):
-        copy = store.uri(store.layout.batch_source(batch_id, Path(source).suffix.lower()))
-        store.put_bytes(store.layout.batch_source(batch_id, Path(source).suffix.lower()),
-                        Path(source).read_bytes(), "application/octet-stream")
+    if source and not source.startswith("s3://"):  # a local file: another machine lacks it
+        key = store.layout.batch_source(batch_id, Path(source).suffix.lower())
+        copy = store.put_bytes(key, Path(source).read_bytes(), "application/octet-stream")
     request = BatchRequest(
         batch_id=batch_id, rows=rows, source_copy=copy, flow_run_id=flow_run_id,
         recorded_at=datetime.now(UTC),

@@ -408,8 +408,8 @@ def test_cancelling_a_run_cancels_its_queued_jobs_and_a_resume_pays_nothing_twic
     """`prefect flow-run cancel` while jobs are queued and running at the API: the worker's
     SIGTERM reaches the flow, which cancels the queued jobs at the API, gives the running
     one its grace (shorter than the job here, so it is left running with its request_id in
-    the ledger), writes the manifest and ends Cancelled with no error lines; `flashgen
-    resume` then fetches the left job and sends the cancelled ones, paying nothing twice."""
+    the ledger), writes the manifest and ends Cancelled with no error lines; the `resume`
+    deployment then fetches the left job and sends the cancelled ones, paying nothing twice."""
     # Its own API: one job at a time, long jobs, so the run's 3 jobs are 1 running, 2 queued.
     port = free_port()
     api = f"http://127.0.0.1:{port}"
@@ -465,10 +465,12 @@ def test_cancelling_a_run_cancels_its_queued_jobs_and_a_resume_pays_nothing_twic
     )["events"], timeout=60)
     assert len(cancelled) == 1 and cancelled[0]["payload"]["counts"]["cancelled"] >= 1
 
-    # A resume from the batch's own record: no flags, nothing paid twice.
-    stack.run([PYTHON, "-m", "flashgen.cli", "resume", "it-cancel"],
-              env={**stack.env, "RUNCOMFY_BASE_URL": api,
-                   "RUNCOMFY_API_TOKEN": stack.tokens["good"]}, timeout=300)
+    # The `resume` deployment (what the UI runs), given only the batch id: the batch's own
+    # record supplies the rest, and nothing is paid twice.
+    resumed = stack.finished(stack.run_deployment(
+        "resume-batch/resume", "-p", "batch_id=it-cancel",
+        "--job-variable", "env=" + json.dumps({"RUNCOMFY_BASE_URL": api})))
+    assert resumed["state_type"] == "COMPLETED", (resumed["state"], stack.logs())
     rows = manifest(stack, "it-cancel")
     assert_stored(stack, rows, prompts)
     at_api = httpx.get(api + "/_emulator/jobs", timeout=10).json()
