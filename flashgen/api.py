@@ -89,9 +89,11 @@ class BatchResult(BatchOutcome):
     def raise_for_failures(self) -> BatchResult:
         """Raise ``BatchFailedError`` (carrying this result) unless ``ok``; else return self."""
         if not self.ok:
+            why = f"cancelled ({self.stopped}), " if self.stopped else ""
             raise BatchFailedError(
-                f"batch {self.batch_id}: {self.failed} failed, {self.invalid} invalid of "
-                f"{self.total}; " + "; ".join(self.failures), self)
+                f"batch {self.batch_id}: {why}{self.failed} failed, {self.invalid} invalid, "
+                f"{self.cancelled} cancelled of {self.total}; " + "; ".join(self.failures),
+                self)
         return self
 
 

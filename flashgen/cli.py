@@ -5,6 +5,8 @@
     flashgen status|result|cancel ID       one request at the API
     flashgen generate "a red fox" --aspect-ratio 9:16
     flashgen batch prompts.csv --bucket my-bucket --concurrency 8
+    flashgen resume BATCH_ID               finish a batch (cancelled, crashed) from its record
+    flashgen retry BATCH_ID [--ambiguous]  send a batch's failed items again, only those
     flashgen demo                          the whole job on a local stack
     flashgen provision                     bucket, inbox queue, limits, pool, blocks, automations
     flashgen listen                        S3 uploads to the inbox → flashgen.prompts.uploaded
@@ -185,7 +187,11 @@ def batch(
     out: Annotated[Path | None, typer.Option(
         help="Also copy the batch's images and an offline gallery into this folder.")] = None,
 ) -> None:
-    """Generate a batch of images into S3 (runs the generate-images flow)."""
+    """Generate a batch of images into S3 (runs the generate-images flow).
+
+    Ctrl-C stops it cleanly: queued jobs are cancelled at the API, running ones stored
+    (exit 130); ``flashgen resume BATCH_ID`` finishes it.
+    """
     from flashgen.options import BatchOptions
 
     try:
@@ -215,14 +221,56 @@ def batch(
         raise typer.Exit(1)
 
 
+@app.command()
+def resume(
+    batch_id: Annotated[str, typer.Argument(help="The batch to finish.")],
+    bucket: BucketOpt = None,
+    prefix: PrefixOpt = None,
+) -> None:
+    """Finish a batch from its own record in S3 (no flags to remember).
+
+    Stored items are skipped, paid jobs fetched (never resent), items not sent or cancelled
+    are sent; failed items keep their row (``flashgen retry`` sends them).
+    """
+    from flashgen.flows.rerun import resume_batch
+
+    if not _run_flow(resume_batch, batch_id=batch_id, bucket=bucket, prefix=prefix).ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def retry(
+    batch_id: Annotated[str, typer.Argument(help="The batch whose failed items to send.")],
+    failed: Annotated[bool, typer.Option(
+        "--failed", help="Send the failed items again (the default).")] = False,
+    ambiguous: Annotated[bool, typer.Option(
+        "--ambiguous", help="Instead, resend the items whose submit lost its answer. "
+        "They may have been paid for: this may pay twice.")] = False,
+    bucket: BucketOpt = None,
+    prefix: PrefixOpt = None,
+) -> None:
+    """Send a batch's failed items again, and only those, with the batch's own options."""
+    if failed and ambiguous:
+        _fail(InputError("--failed/--ambiguous: give one of them, not both"), 2)
+    from flashgen.flows.rerun import retry_batch
+
+    if not _run_flow(retry_batch, batch_id=batch_id, ambiguous=ambiguous, bucket=bucket,
+                     prefix=prefix).ok:
+        raise typer.Exit(1)
+
+
+# Like a shell's exit status after SIGINT: the batch stopped because it was asked to.
+EXIT_CANCELLED = 130
+
+
 def _run_flow(flow: Any, **params: Any) -> Any:
     """Run a flow in this process with a progress bar and print its table.
 
     The same path as ``flashgen.generate`` (``flashgen.api.run_flow``). Exits 2 when the
-    run was refused (bad input or token: nothing sent) and 1 when it failed before it had
-    a summary; otherwise returns the summary (whose ``ok`` says whether the batch
-    succeeded). Each outcome is printed once: the engine's "Finished in state" line stays
-    in the run's logs, not on this terminal.
+    run was refused (bad input or token: nothing sent), 1 when it failed before it had a
+    summary, and 130 when the batch was cancelled part-way (Ctrl-C, SIGTERM); otherwise
+    returns the summary (whose ``ok`` says whether the batch succeeded). Each outcome is
+    printed once: the engine's "Finished in state" line stays in the run's logs.
     """
     from flashgen.api import run_flow, run_sync
     from flashgen.errors import AuthenticationError
@@ -240,6 +288,10 @@ def _run_flow(flow: Any, **params: Any) -> Any:
         print_plan(summary)
         return summary
     print_summary(summary)
+    if summary.stopped:
+        typer.secho(f"{summary.describe()}\nnothing paid is lost: `flashgen resume "
+                    f"{summary.batch_id}` finishes it", fg="yellow", err=True)
+        raise typer.Exit(EXIT_CANCELLED)
     return summary
 
 

@@ -191,7 +191,7 @@ def _header(batch_id: str, total: int, counts: Counter, now: datetime,
 
 def _chip(state: ItemState, count: int) -> str:
     text = f"<b>{count:,}</b> {state.value}"
-    if count and state in (ItemState.FAILED, ItemState.INVALID):
+    if count and state in (ItemState.FAILED, ItemState.INVALID, ItemState.CANCELLED):
         text = f'<a href="#{NOT_GENERATED}">{text}</a>'  # failures sit below the images
     return f'<li class="count {state.value}" data-state="{state.value}">{text}</li>'
 

@@ -17,6 +17,7 @@ class BatchOutcome(BaseModel):
     skipped: int = 0
     failed: int = 0
     invalid: int = 0
+    cancelled: int = 0  # not sent, cancelled at the API, or left running (in the ledger)
     failures: list[str] = []  # "line N: reason", first few
     max_failure_ratio: float = 0.0
     manifest_uri: str | None = None
@@ -27,6 +28,7 @@ class BatchOutcome(BaseModel):
     dry_run: bool = False  # planned only: nothing was sent
     plan: RunPlan | None = None  # what the run set out to do, before it paid
     spend: Spend | None = None  # planned against the costs the API reported (USD)
+    stopped: str | None = None  # why the batch was cancelled part-way (flashgen.stopping)
 
     @property
     def failure_ratio(self) -> float:
@@ -34,5 +36,8 @@ class BatchOutcome(BaseModel):
 
     @property
     def ok(self) -> bool:
-        """No more items failed or were invalid than ``max_failure_ratio`` allows."""
+        """Not cancelled part-way, and no more items failed or were invalid than
+        ``max_failure_ratio`` allows."""
+        if self.stopped:
+            return False
         return (self.failed + self.invalid) == 0 or self.failure_ratio <= self.max_failure_ratio

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 from pydantic import BaseModel
 
@@ -26,6 +26,14 @@ from flashgen.sources import Item
 from flashgen.storage import Store
 
 LEDGER_READERS = 16  # ledger reads in flight at once (boto3's pool holds 32)
+
+
+class Stored(NamedTuple):
+    """Where an item an earlier run stored is (from its ledger entry)."""
+
+    request_id: str | None
+    record_uri: str | None
+    image_uris: tuple[str, ...]
 
 
 class RunPlan(BaseModel):
@@ -88,16 +96,9 @@ class RunPlan(BaseModel):
         ]
 
 
-class Stored(NamedTuple):
-    """Where an item already stored is: its first record and its images (the ledger's)."""
-
-    record_uri: str | None
-    image_uris: tuple[str, ...]
-
-
 def census(store: Store, items: Iterable[Item], *, force: bool = False,
            resubmit_ambiguous: bool = False) -> tuple[Counter[str], dict[str, Stored]]:
-    """Ledger states of ``items`` (counted) and the items already stored, by fingerprint.
+    """Ledger states of ``items`` (counted) and where the already stored ones are.
 
     Reads at most ``LEDGER_READERS`` entries at a time, whatever the number of items.
     """
@@ -105,9 +106,12 @@ def census(store: Store, items: Iterable[Item], *, force: bool = False,
     stored: dict[str, Stored] = {}
     for item, found in _bounded_map(store.read_ledger, items, LEDGER_READERS):
         state = found[0].state if found else None
-        if state == LedgerState.STORED and not force:
+        if state == LedgerState.STORED and found and not force:
             counts["stored"] += 1
-            stored[item.fingerprint] = Stored(found[0].record_uri, tuple(found[0].image_uris))
+            # A rerun's manifest row points at them too (its gallery shows the whole batch).
+            entry = found[0]
+            stored[item.fingerprint] = Stored(entry.request_id, entry.record_uri,
+                                              tuple(entry.image_uris))
         elif state == LedgerState.SUBMITTED and found and found[0].request_id:
             counts["in_flight"] += 1
         elif state in (LedgerState.AMBIGUOUS, LedgerState.SENDING, LedgerState.CLAIMED) and (

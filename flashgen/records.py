@@ -55,6 +55,8 @@ class ItemState(StrEnum):
     SKIPPED = "skipped"  # already stored by an earlier or concurrent run
     FAILED = "failed"
     INVALID = "invalid"  # rejected before anything was sent
+    CANCELLED = "cancelled"  # the batch was cancelled first: not sent, cancelled at the API,
+    #                          or left running with its request_id in the ledger
 
 
 class Timings(BaseModel):

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES
     job_deadline: float = Field(900.0, gt=0)
+    # A cancelled batch waits this long for its running jobs to finish and be stored. A
+    # process worker kills a cancelled run's process 30 s after its SIGTERM: keep it well
+    # inside that, leaving time to store and to write the manifest.
+    cancel_grace: float = Field(10.0, ge=0)
     poll_initial: float = Field(0.5, gt=0)
     poll_maximum: float = Field(5.0, gt=0)
     job_time_prior: float = Field(5.0, gt=0)

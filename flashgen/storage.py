@@ -171,6 +171,14 @@ class Layout:
     def manifest_summary(self, batch_id: str) -> str:
         return self.path("manifests", f"{safe_segment(batch_id, 'batch_id')}.summary.json")
 
+    def batch_request(self, batch_id: str) -> str:
+        """What the batch was asked to do (``flashgen.reruns``): ``fg/batches/<id>.json``."""
+        return self.path("batches", f"{safe_segment(batch_id, 'batch_id')}.json")
+
+    def batch_source(self, batch_id: str, suffix: str) -> str:
+        """The batch's copy of its local prompt file: ``fg/batches/<id>.source.csv``."""
+        return self.path("batches", f"{safe_segment(batch_id, 'batch_id')}.source{suffix}")
+
     def gallery(self, batch_id: str) -> str:
         return self.path("galleries", f"{safe_segment(batch_id, 'batch_id')}.html")
 

@@ -6,6 +6,8 @@
     flashgen.batch.failed       a batch ended with too many failed items; an automation alerts
     flashgen.batch.refused      a run refused its input (or token) before sending anything;
                                 for whoever submitted it, never the on-call
+    flashgen.batch.cancelled    a batch was cancelled part-way and stopped cleanly (its
+                                manifest says what was done; `flashgen resume` finishes it)
 
 A run's final state is named for what happened, so each alert fires once: a refused run
 ends ``Refused`` and a batch with too many failed items ``BatchFailed`` (both of type
@@ -30,6 +32,7 @@ PROMPTS_UPLOADED = "flashgen.prompts.uploaded"
 BATCH_COMPLETED = "flashgen.batch.completed"
 BATCH_FAILED = "flashgen.batch.failed"
 BATCH_REFUSED = "flashgen.batch.refused"
+BATCH_CANCELLED = "flashgen.batch.cancelled"
 REFUSED_STATE = "Refused"  # the state a refused run ends in (type FAILED)
 BATCH_FAILED_STATE = "BatchFailed"  # the state of a run whose items failed past the ratio
 

@@ -16,6 +16,10 @@
    submit until it is terminal, then is fetched and stored outside the slot;
 4. rows stream into the manifest spool, uploaded with its summary at the end, and the
    batch's event and table artifact follow.
+
+A cancelled run (SIGTERM from its worker, Ctrl-C) stops as ``flashgen.stopping`` says: no
+new submits, queued jobs cancelled at the API, running ones given their grace; then step 4
+for what was done, the ``flashgen.batch.cancelled`` event, and the run ends Cancelled.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from prefect.concurrency.asyncio import rate_limit
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
-from prefect.states import Failed, State
+from prefect.states import Cancelled, Failed, State
 from prefect.utilities.urls import url_for
 
 from flashgen.client import RunComfyClient
@@ -57,6 +61,7 @@ from flashgen.options import BatchOptions
 from flashgen.plan import RunPlan, Stored, census
 from flashgen.pricing import Price, price_for
 from flashgen.records import ImageRecord, ItemState, ManifestRow, Timings
+from flashgen.reruns import Rerun, record_batch
 from flashgen.settings import Settings, get_settings, resolve_token
 from flashgen.sources import (
     BatchPlan,
@@ -67,8 +72,10 @@ from flashgen.sources import (
     read_rows,
     rows_from_prompts,
 )
+from flashgen.stopping import BatchStop
 from flashgen.storage import Store, parse_s3_uri
 from flashgen.views import BatchViews, publish_batch_views
+from flashgen.flows.cancel import quiet_cancelled_finish
 from flashgen.flows.events import BATCH_FAILED_STATE, REFUSED_STATE
 from flashgen.flows.progress import BatchProgress
 from flashgen.flows.slots import ApiSlots
@@ -193,13 +200,18 @@ def _refused(exc: Exception, batch_id: str | None) -> State:
 
 
 def _final(summary: BatchSummary) -> BatchSummary | State:
-    """The flow's end: ``BatchFailed`` (naming the first failures) when too many items
-    failed; its ``flashgen.batch.failed`` event is what alerts, once.
+    """The flow's end: Cancelled when the batch was stopped part-way (the summary is its
+    data); ``BatchFailed`` (naming the first failures) when too many items failed, whose
+    ``flashgen.batch.failed`` event is what alerts, once.
 
     Every success is stored and the manifest written before this; the summary travels in
     the Failed state's ``BatchFailedError``, so a direct call raises it and callers still
     get the counts (``summary_of``).
     """
+    if summary.stopped:
+        quiet_cancelled_finish()
+        return Cancelled(message=f"{summary.describe()}; `flashgen resume {summary.batch_id}` "
+                                 "finishes it", data=summary)
     if summary.ok:
         return summary
     message = summary.describe() + "; " + "; ".join(summary.failures)
@@ -208,15 +220,21 @@ def _final(summary: BatchSummary) -> BatchSummary | State:
 
 
 async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
-                    settings: Settings | None = None) -> BatchSummary:
-    """Run one batch as ``options`` say (``rows`` instead of a source, for one-off calls)."""
+                    settings: Settings | None = None, rerun: Rerun | None = None
+                    ) -> BatchSummary:
+    """Run one batch as ``options`` say (``rows`` instead of a source, for one-off calls).
+
+    The batch's record (``flashgen.reruns``) is written before anything is sent; a
+    ``rerun`` of a recorded batch sends only the items it selects and keeps the record.
+    """
     log = get_run_logger()
     settings = settings or get_settings()
     batch_id = options.batch_id or _default_batch_id()
     run_date = (options.run_date or _scheduled_date()).isoformat()
 
     store = Store.from_settings(settings, bucket=options.bucket, prefix=options.prefix)
-    with tempfile.TemporaryDirectory(prefix="flashgen-run-") as workdir:
+    stop = BatchStop(settings.cancel_grace)
+    with stop.signals(), tempfile.TemporaryDirectory(prefix="flashgen-run-") as workdir:
         # Announced before planning (a dry run sends nothing and is not): other runs leave
         # this one its share while it plans (flashgen.flows.slots, "Fairness").
         async with _api_slots(settings, options) as slots:
@@ -227,18 +245,22 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
                                         override=settings.price_per_image)
                 plan, run_plan, stored = await _make_plan(options, settings, store, rows,
                                                           Path(workdir), batch_id, run_date,
-                                                          price)
+                                                          price, rerun)
                 await _check_token(client)
                 if options.dry_run:
                     return BatchSummary(batch_id=batch_id, plan=run_plan, dry_run=True,
                                         flow_run_id=runtime_flow_run.get_id())
+                if rerun is None:
+                    await asyncio.to_thread(record_batch, store, options, batch_id=batch_id,
+                                            run_date=run_date, rows=rows,
+                                            flow_run_id=runtime_flow_run.get_id())
                 ctx = _context(options, settings, store, client, batch_id, run_plan,
-                               Path(workdir))
+                               Path(workdir), stop)
                 manifest = ManifestSpool(Path(workdir) / "manifest.jsonl")
                 for row in _plan_rows(plan):
                     manifest.add(row)
                 records: dict[str, ImageRecord] = {}
-                await _run_items(ctx, plan, stored, manifest, records, slots)
+                await _run_items(ctx, plan, stored, manifest, records, slots, rerun)
         spend = manifest.spend.model_copy(update={"planned_usd": run_plan.estimated_cost})
         manifest_uri = await asyncio.to_thread(
             store.put_manifest_file, batch_id, manifest.close(), dict(manifest.counts),
@@ -251,7 +273,7 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
         flow_run_url=url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None,
         deployment=runtime_deployment.name, max_failure_ratio=options.max_failure_ratio,
         plan=run_plan, gallery_url=views.gallery_url if views else None,
-        catalog_uri=views.catalog_uri if views else None, spend=spend)
+        catalog_uri=views.catalog_uri if views else None, spend=spend, stopped=stop.reason)
     log.info("%s; manifest %s", summary.describe(), manifest_uri)
     await publish_table(summary, summary.rows)
     emit_batch_event(summary)
@@ -260,7 +282,8 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
 
 async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
                      rows: list[Row] | None, workdir: Path, batch_id: str, run_date: str,
-                     price: Price) -> tuple[BatchPlan, RunPlan, dict[str, Stored]]:
+                     price: Price, rerun: Rerun | None = None
+                     ) -> tuple[BatchPlan, RunPlan, dict[str, Stored]]:
     """Every row read and checked, the bucket probed, the ledger read: what the run will do,
     logged, published and held against the budget, before anything is paid for."""
     log = get_run_logger()
@@ -275,7 +298,7 @@ async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
     _report_rows(plan, options.strict)
     await asyncio.to_thread(store.check_writable)
     counts, stored = await asyncio.to_thread(
-        census, store, plan.iter_items(), force=options.force,
+        census, store, _items(plan, rerun), force=options.force,
         resubmit_ambiguous=options.resubmit_ambiguous)
     run_plan = RunPlan(rows=plan.rows, items=plan.items, invalid=len(plan.invalid),
                        duplicates=len(plan.duplicates),
@@ -293,7 +316,7 @@ async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
 
 
 def _context(options: BatchOptions, settings: Settings, store: Store, client: RunComfyClient,
-             batch_id: str, run_plan: RunPlan, workdir: Path) -> BatchContext:
+             batch_id: str, run_plan: RunPlan, workdir: Path, stop: BatchStop) -> BatchContext:
     """What every task of the run shares: client, store, ledger, budget."""
     ledger = Ledger(store, Journal(settings.state_dir, scope=store.uri(store.prefix)),
                     owner_run=runtime_flow_run.get_id(), send_lease=settings.send_lease,
@@ -304,7 +327,7 @@ def _context(options: BatchOptions, settings: Settings, store: Store, client: Ru
         deployment=runtime_deployment.name, force=options.force,
         resubmit_ambiguous=options.resubmit_ambiguous,
         budget=SubmitBudget(run_plan.submission_cap(max_items=options.max_items,
-                                                    max_cost=options.max_cost)))
+                                                    max_cost=options.max_cost)), stop=stop)
 
 
 async def _publish_views(store: Store, batch_id: str, manifest: ManifestSpool,
@@ -373,15 +396,22 @@ async def _check_token(client: RunComfyClient) -> None:
     # Any other answer (an emulator or API that knows the id): the token was accepted.
 
 
+def _items(plan: BatchPlan, rerun: Rerun | None) -> Iterator[Item]:
+    """The items this run sends: all of them, or those a rerun selects."""
+    items = plan.iter_items()
+    return items if rerun is None else (item for item in items if rerun.sends(item))
+
+
 async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: dict[str, Stored],
                      manifest: ManifestSpool, records: dict[str, ImageRecord],
-                     slots: ApiSlots) -> None:
+                     slots: ApiSlots, rerun: Rerun | None = None) -> None:
     """Run every item through a bounded pool of workers; each job holds one API slot.
 
     Items stream from the prompt file; at most ``2 × wanted`` are in progress at once (a
     job's fetch and store overlap the next job's submit), whatever the batch's size.
     """
-    pending = plan.items - len(stored)
+    pending = (rerun.to_send if rerun and rerun.to_send is not None else plan.items) - len(
+        stored)
     progress = BatchProgress(plan.items, f"batch {ctx.batch_id}")
     await progress.start()
     (submit_limit,) = await _read_limits(SUBMIT_RATE_LIMIT)
@@ -392,10 +422,16 @@ async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: dict[str, Store
 
     async def worker() -> None:
         for item in items:  # one shared iterator: each worker takes the next item
-            if item.fingerprint in stored:
+            if rerun is not None and not rerun.sends(item):
+                row = rerun.kept_row(item) or _row(item, ItemState.SKIPPED,
+                                                   f"not part of this {rerun.mode}")
+            elif item.fingerprint in stored:
                 found = stored[item.fingerprint]
                 row = _row(item, ItemState.SKIPPED, "already stored").model_copy(update={
-                    "image_uris": list(found.image_uris), "metadata_uri": found.record_uri})
+                    "request_id": found.request_id, "metadata_uri": found.record_uri,
+                    "image_uris": list(found.image_uris)})
+            elif ctx.stop.requested:
+                row = _not_sent(ctx, item)
             else:
                 row = await _run_item(ctx, steps, item, slots, submit_limit is not None,
                                       records)
@@ -423,9 +459,13 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
     sent = finished = files = stored = None
     try:
         timings = Timings()
-        async with slots.slot():  # one API slot: from the submit until the job is terminal
-            if rate_limited:
-                await rate_limit(SUBMIT_RATE_LIMIT)
+        async with contextlib.AsyncExitStack() as held:
+            # One API slot: from the submit until the job is terminal. A stop ends the wait.
+            got, _ = await ctx.stop.first(held.enter_async_context(slots.slot()))
+            if got and rate_limited:
+                got, _ = await ctx.stop.first(rate_limit(SUBMIT_RATE_LIMIT))
+            if not got or ctx.stop.requested:
+                return _not_sent(ctx, item)
             sent = await steps.submit(ctx, item)
             if sent.action == Action.SKIP:
                 return _done(row, began, ItemState.SKIPPED, sent.reason,
@@ -436,6 +476,8 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
             row.request_id = sent.request_id
             timings.submitted_at = sent.submitted_at
             finished = await steps.wait(ctx, item, sent.request_id, sent.attempts)
+        if finished.stopped:
+            return _done(row, began, ItemState.CANCELLED, finished.stopped)
         timings.started_at, timings.completed_at = finished.started_at, finished.completed_at
         try:
             files = await steps.fetch(ctx, item, sent.request_id)
@@ -455,6 +497,10 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
     finally:
         # Bounded memory: see flashgen.tasks.generation.forget.
         forget(sent, finished, files, stored)
+
+
+def _not_sent(ctx: BatchContext, item: Item) -> ManifestRow:
+    return _row(item, ItemState.CANCELLED, f"batch cancelled ({ctx.stop.reason}): not sent")
 
 
 def _row(item: Item, state: ItemState, reason: str | None) -> ManifestRow:

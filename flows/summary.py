@@ -10,7 +10,7 @@ from flashgen.errors import BatchFailedError
 from flashgen.manifest import ManifestSpool
 from flashgen.outcome import BatchOutcome
 from flashgen.records import ItemState, ManifestRow
-from flashgen.flows.events import BATCH_COMPLETED, BATCH_FAILED, BATCH_REFUSED
+from flashgen.flows.events import BATCH_CANCELLED, BATCH_COMPLETED, BATCH_FAILED, BATCH_REFUSED
 
 FIRST_ERRORS = 5
 
@@ -33,16 +33,20 @@ class BatchSummary(BatchOutcome):
         if self.dry_run and self.plan:
             return (f"batch {self.batch_id} (dry run, nothing sent): {self.plan.to_send} new "
                     f"paid submission(s) of {self.plan.items} item(s)")
-        return (f"batch {self.batch_id}: {self.stored} stored, {self.skipped} skipped, "
-                f"{self.failed} failed, {self.invalid} invalid of {self.total}"
-                + (f"; {self.spend.line()}" if self.spend else ""))
+        counts = (f"{self.stored} stored, {self.skipped} skipped, {self.failed} failed, "
+                  f"{self.invalid} invalid")
+        spend = f"; {self.spend.line()}" if self.spend else ""
+        if self.stopped:
+            return (f"batch {self.batch_id} cancelled ({self.stopped}): {counts}, "
+                    f"{self.cancelled} cancelled of {self.total}{spend}")
+        return f"batch {self.batch_id}: {counts} of {self.total}{spend}"
 
     @classmethod
     def from_spool(cls, batch_id: str, spool: ManifestSpool, **fields) -> BatchSummary:
         count = spool.counts
         return cls(batch_id=batch_id, total=spool.total, stored=count[ItemState.STORED],
                    skipped=count[ItemState.SKIPPED], failed=count[ItemState.FAILED],
-                   invalid=count[ItemState.INVALID],
+                   invalid=count[ItemState.INVALID], cancelled=count[ItemState.CANCELLED],
                    image_uris=[u for r in spool.rows if r.state == ItemState.STORED
                                for u in r.image_uris],
                    failures=spool.failures,
@@ -55,7 +59,7 @@ class BatchSummary(BatchOutcome):
                     if r.state in (ItemState.FAILED, ItemState.INVALID)]
         return cls(batch_id=batch_id, total=len(rows), stored=count[ItemState.STORED],
                    skipped=count[ItemState.SKIPPED], failed=count[ItemState.FAILED],
-                   invalid=count[ItemState.INVALID],
+                   invalid=count[ItemState.INVALID], cancelled=count[ItemState.CANCELLED],
                    image_uris=[u for r in rows if r.state == ItemState.STORED
                                for u in r.image_uris],
                    failures=failures[:FIRST_ERRORS], rows=rows, **fields)
@@ -73,18 +77,18 @@ async def publish_table(summary: BatchSummary, rows: list[ManifestRow]) -> None:
 
 
 def emit_batch_event(summary: BatchSummary) -> None:
-    """``flashgen.batch.completed``, ``.failed`` or ``.refused`` (nothing was sent), for
-    downstream triggers and alerts."""
+    """``flashgen.batch.completed``, ``.failed``, ``.cancelled`` or ``.refused`` (nothing
+    was sent), for downstream triggers and alerts."""
     emit_event(
-        event=(BATCH_REFUSED if summary.refused else
-               BATCH_COMPLETED if summary.ok else BATCH_FAILED),
+        event=(BATCH_REFUSED if summary.refused else BATCH_CANCELLED if summary.stopped
+               else BATCH_COMPLETED if summary.ok else BATCH_FAILED),
         resource={"prefect.resource.id": f"flashgen.batch.{summary.batch_id}",
                   "prefect.resource.name": summary.batch_id},
         payload={"batch_id": summary.batch_id, "deployment": summary.deployment,
                  "flow_run_id": summary.flow_run_id, "flow_run_url": summary.flow_run_url,
                  "counts": {"total": summary.total, "stored": summary.stored,
                             "skipped": summary.skipped, "failed": summary.failed,
-                            "invalid": summary.invalid},
+                            "invalid": summary.invalid, "cancelled": summary.cancelled},
                  "manifest_uri": summary.manifest_uri, "first_errors": summary.failures,
                  "refused": summary.refused,
                  "spend": summary.spend.model_dump() if summary.spend else None},

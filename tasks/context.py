@@ -15,6 +15,7 @@ from flashgen.errors import AccountError, BudgetError
 from flashgen.ledger import Ledger
 from flashgen.records import LedgerEntry
 from flashgen.settings import Settings
+from flashgen.stopping import BatchStop
 from flashgen.storage import Store
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class BatchContext:
     force: bool = False
     resubmit_ambiguous: bool = False
     budget: SubmitBudget = field(default_factory=SubmitBudget)
+    stop: BatchStop = field(default_factory=lambda: BatchStop(grace=0))  # see flashgen.stopping
 
 
 def prefect_run_over(entry: LedgerEntry) -> bool:

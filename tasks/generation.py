@@ -65,7 +65,10 @@ class Submission(BaseModel):
 class JobFinished(BaseModel):
     polls: int
     started_at: datetime | None = None
-    completed_at: datetime
+    completed_at: datetime | None = None
+    # Why the job was not waited for: the batch stopped while it was queued (cancelled at
+    # the API) or still running after its grace (its request_id stays in the ledger).
+    stopped: str | None = None
 
 
 class FetchedFile(BaseModel):
@@ -142,7 +145,8 @@ async def submit(ctx: BatchContext, item: Item) -> Submission:
 
 @task(name="wait-until-complete", task_run_name="wait-line-{item.line}", **task_options())
 async def wait(ctx: BatchContext, item: Item, request_id: str, attempts: int) -> JobFinished:
-    """Poll until the job is terminal. At the deadline a queued job is cancelled at the API."""
+    """Poll until the job is terminal. At the deadline a queued job is cancelled at the API;
+    so is it when the batch stops (``flashgen.stopping``), and a running one gets its grace."""
     polls = 0
     started_at: datetime | None = None
     deadline = ctx.settings.job_deadline
@@ -156,7 +160,12 @@ async def wait(ctx: BatchContext, item: Item, request_id: str, attempts: int) ->
 
     ref = item_ref(ctx, item)
     try:
-        await ctx.client.wait(request_id, timeout=deadline, on_status=seen)
+        finished, _ = await ctx.stop.first(
+            ctx.client.wait(request_id, timeout=deadline, on_status=seen))
+        if not finished:
+            stopped = await _stop_job(ctx, ref, request_id, attempts, seen)
+            if stopped:
+                return JobFinished(polls=polls, started_at=started_at, stopped=stopped)
     except JobDeadlineError:
         if await ctx.client.cancel(request_id) == CancelOutcome.CANCELLED:
             reason = f"still queued after {deadline:.0f}s: cancelled at the API"
@@ -167,6 +176,28 @@ async def wait(ctx: BatchContext, item: Item, request_id: str, attempts: int) ->
         await asyncio.to_thread(ctx.ledger.record_failed, ref, request_id, str(exc), attempts)
         raise
     return JobFinished(polls=polls, started_at=started_at, completed_at=_now())
+
+
+async def _stop_job(ctx: BatchContext, ref: ItemRef, request_id: str, attempts: int,
+                    seen: Any) -> str | None:
+    """The batch is stopping: cancel the job if it is queued, else wait out the grace.
+
+    Returns why the job is not waited for, or None when it finished in time (then it is
+    fetched and stored as usual). A JobError (it failed) propagates.
+    """
+    if await ctx.client.cancel(request_id) == CancelOutcome.CANCELLED:
+        reason = f"batch cancelled ({ctx.stop.reason}) while the job was queued: cancelled " \
+                 "at the API, nothing paid"
+        await asyncio.to_thread(ctx.ledger.record_failed, ref, request_id, reason, attempts)
+        return reason
+    try:  # running, or already finished: it is paid for, so give it its grace
+        await ctx.client.wait(request_id, timeout=max(ctx.stop.grace_left(), 0.01),
+                              on_status=seen)
+    except JobDeadlineError:
+        return (f"batch cancelled ({ctx.stop.reason}); the job was still running after "
+                f"{ctx.stop.grace:.0f}s: its request_id {request_id} stays in the ledger, "
+                "so a rerun (`flashgen resume`) fetches it without paying again")
+    return None
 
 
 @task(name="fetch", task_run_name="fetch-line-{item.line}", **task_options())

@@ -504,6 +504,82 @@ def test_two_runs_at_once_stay_within_the_api_limit_and_submit_nothing_twice(sta
           f"submissions={after['submissions']}, duplicates={after['duplicate_submissions']}")
 
 
+def test_cancelling_a_run_cancels_its_queued_jobs_and_a_resume_pays_nothing_twice(stack):
+    """`prefect flow-run cancel` while jobs are queued and running at the API: the worker's
+    SIGTERM reaches the flow, which cancels the queued jobs at the API, gives the running
+    one its grace (shorter than the job here, so it is left running with its request_id in
+    the ledger), writes the manifest and ends Cancelled with no error lines; the `resume`
+    deployment then fetches the left job and sends the cancelled ones, paying nothing twice."""
+    # Its own API: one job at a time, long jobs, so the run's 3 jobs are 1 running, 2 queued.
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    stack.start("emulator-cancel", [PYTHON, "-m", "flashgen.cli", "emulator", "--host",
+                                    "127.0.0.1", "--port", str(port), "--workers", "1",
+                                    "--job-time", "6", "--token", stack.tokens["good"]],
+                {k: v for k, v in stack.env.items() if not k.startswith("PREFECT_")})
+    stack.wait_for("the second emulator", lambda: _healthy(api + "/_emulator/stats"), 60, 0.5)
+    prompts = [f"Harbour at dawn, study no. {n}" for n in range(1, 6)]
+    on_demand = stack.deployment("generate-images/on-demand")
+    run_id = stack.post(f"/deployments/{on_demand['id']}/create_flow_run", {
+        "parameters": {"prompts": prompts, "batch_id": "it-cancel", "concurrency": 3},
+        "job_variables": {"env": {"RUNCOMFY_BASE_URL": api, "FLASHGEN_CANCEL_GRACE": "2"}},
+    })["id"]
+
+    def jobs() -> dict[str, int]:
+        return httpx.get(api + "/_emulator/stats", timeout=10).json()["jobs_by_status"]
+
+    stack.wait_for("a job running and others queued", lambda: jobs().get(
+        "in_progress", 0) == 1 and jobs().get("in_queue", 0) >= 1, timeout=150, every=0.2)
+    stack.run([PREFECT, "flow-run", "cancel", run_id])
+    run = stack.finished(run_id, timeout=120)
+    assert run["state_type"] == "CANCELLED", (run["state"], stack.logs())
+
+    stats = httpx.get(api + "/_emulator/stats", timeout=10).json()
+    at_api = httpx.get(api + "/_emulator/jobs", timeout=10).json()
+    # Every job still queued got its cancel; none is left queued to start (and be paid) later.
+    assert stats["cancelled"] >= 1 and stats["jobs_by_status"].get("in_queue", 0) == 0, stats
+    assert stats["cancelled"] == sum(j["status"] == "cancelled" for j in at_api)
+    rows = {row["prompt"]: row for row in manifest(stack, "it-cancel")}
+    assert set(rows) == set(prompts) and {r["state"] for r in rows.values()} <= {
+        "stored", "cancelled"}, rows
+    # No paid job is abandoned without its request_id in the ledger.
+    s3 = s3_client(stack)
+    known = {row["request_id"] for row in rows.values() if row["state"] == "stored"}
+    for row in rows.values():
+        if row["reason"] and row["reason"].endswith("not sent"):
+            continue  # never claimed: it has no ledger entry
+        entry = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/ledger/"
+                                         f"{row['fingerprint']}.json")["Body"].read())
+        if entry["state"] == "submitted":
+            known.add(entry["request_id"])
+    paid = {j["request_id"] for j in at_api if j["status"] != "cancelled"}
+    assert paid and paid <= known, (paid, known)
+    logs = stack.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]},
+                                                "level": {"ge_": 40}}, "limit": 50})
+    assert logs == [], [log["message"] for log in logs]
+    cancelled = stack.wait_for("the flashgen.batch.cancelled event", lambda: stack.post(
+        "/events/filter", {"filter": {
+            "event": {"name": ["flashgen.batch.cancelled"]},
+            "resource": {"id": ["flashgen.batch.it-cancel"]},
+            "occurred": {"since": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}}}
+    )["events"], timeout=60)
+    assert len(cancelled) == 1 and cancelled[0]["payload"]["counts"]["cancelled"] >= 1
+
+    # The `resume` deployment (what the UI runs), given only the batch id: the batch's own
+    # record supplies the rest, and nothing is paid twice.
+    resumed = stack.finished(stack.run_deployment(
+        "resume-batch/resume", "-p", "batch_id=it-cancel",
+        "--job-variable", "env=" + json.dumps({"RUNCOMFY_BASE_URL": api})))
+    assert resumed["state_type"] == "COMPLETED", (resumed["state"], stack.logs())
+    rows = manifest(stack, "it-cancel")
+    assert_stored(stack, rows, prompts)
+    at_api = httpx.get(api + "/_emulator/jobs", timeout=10).json()
+    completed = [j["request_id"] for j in at_api if j["status"] == "completed"]
+    # One paid job per prompt: the one left running was fetched, not sent again.
+    assert len(completed) == len(prompts) and set(completed) == {
+        r["request_id"] for r in rows}, (at_api, rows)
+
+
 def test_the_scheduled_deployment_runs_at_its_cron_times_in_its_timezone(stack):
     spec = next(d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
                 if d["name"] == "scheduled-content")["schedules"][0]
