@@ -95,7 +95,7 @@ def _call(method: str, request_id: str) -> Any:
     try:
         return asyncio.run(go())
     except FlashgenError as exc:
-        _fail(exc)
+        _fail(exc, 2 if isinstance(exc, InputError) else 1)
 
 
 @app.command()
@@ -135,6 +135,10 @@ def generate(
     force: Annotated[bool, typer.Option(help="Generate again even if stored.")] = False,
 ) -> None:
     """Generate one image into S3 (runs the generate-image flow)."""
+    try:
+        _preflight(None)
+    except InputError as exc:
+        _fail(exc, 2)
     from flashgen.flows.generate import generate_image
 
     summary = _run_flow(generate_image, prompt=prompt, negative_prompt=negative_prompt,
@@ -188,6 +192,7 @@ def batch(
                   max_items=max_items, max_cost=max_cost)
     try:
         BatchOptions.parse(**params)  # the flow checks again; this fails before Prefect starts
+        _preflight(out)
     except InputError as exc:
         _fail(exc, 2)
     from flashgen.flows.generate import generate_images
@@ -202,6 +207,18 @@ def batch(
         typer.echo(f"local copy: {write_local_gallery(store, summary.batch_id, out)}")
     if not summary.ok:
         raise typer.Exit(1)
+
+
+def _preflight(out: Path | None) -> None:
+    """What this process needs once it has paid, before Prefect starts: every setting in
+    its range, the state directory and ``--out`` writable. The flow checks the settings,
+    the state directory and the bucket again (deployments run it without this CLI)."""
+    from flashgen.preflight import writable_folder
+    from flashgen.settings import get_settings
+
+    writable_folder(get_settings().state_dir, "FLASHGEN_STATE_DIR")
+    if out is not None:
+        writable_folder(out, "--out")
 
 
 def _run_flow(flow: Any, **params: Any) -> Any:
@@ -259,7 +276,8 @@ def _ledger(bucket: str | None, prefix: str | None) -> Any:
 @ledger_app.command("list")
 def ledger_list(
     state: Annotated[str | None, typer.Option(
-        help="Only entries in this state: sending, submitted, stored, failed, ambiguous.")] = None,
+        help="Only entries in this state: sending, submitted, stored, failed, ambiguous, "
+             "lost.")] = None,
     batch: Annotated[str | None, typer.Option(help="Only entries written by this batch.")] = None,
     bucket: BucketOpt = None,
     prefix: PrefixOpt = None,
@@ -301,7 +319,7 @@ def ledger_resolve(
     bucket: BucketOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:
-    """Settle an ambiguous item: adopt its request, or release it to be sent again."""
+    """Settle an ambiguous or lost item: adopt a request, or release it to be sent again."""
     try:
         entry = _ledger(bucket, prefix).resolve(fingerprint, request_id=request_id, retry=retry)
     except FlashgenError as exc:

@@ -48,6 +48,7 @@ from flashgen.errors import (
     DownloadError,
     InputError,
     NotFoundError,
+    StorageError,
 )
 from flashgen.failpoints import failpoint
 from flashgen.ledger import Action, Journal, Ledger
@@ -72,7 +73,7 @@ from flashgen.flows.progress import BatchProgress
 from flashgen.flows.slots import ApiSlots
 from flashgen.flows.summary import BatchSummary, artifact_key, emit_batch_event, publish_table
 from flashgen.flows.views import publish_view_artifacts
-from flashgen.tasks.context import BatchContext, SubmitBudget, prefect_run_over
+from flashgen.tasks.context import BatchContext, StorageBreaker, SubmitBudget, prefect_run_over
 from flashgen.tasks.generation import Steps, forget
 
 SUBMIT_RATE_LIMIT = "runcomfy-submit"
@@ -222,8 +223,16 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
                     manifest.add(row)
                 records: dict[str, ImageRecord] = {}
                 await _run_items(ctx, plan, stored, manifest, records, slots)
-        manifest_uri = await asyncio.to_thread(
-            store.put_manifest_file, batch_id, manifest.close(), dict(manifest.counts))
+                halted = ctx.breaker.reason
+        try:
+            manifest_uri = await asyncio.to_thread(
+                store.put_manifest_file, batch_id, manifest.close(), dict(manifest.counts))
+        except StorageError as exc:
+            if not halted:
+                raise
+            raise StorageError(f"{halted}; the manifest was not written either ({exc}); every "
+                               "paid job's request_id is in the ledger or the journal, and a "
+                               "rerun once S3 works resumes them") from None
         failpoint("manifest")
         views = await _publish_views(store, batch_id, manifest, records, settings)
     flow_run_id = runtime_flow_run.get_id()
@@ -231,7 +240,7 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
         batch_id, manifest, manifest_uri=manifest_uri, flow_run_id=flow_run_id,
         flow_run_url=url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None,
         deployment=runtime_deployment.name, max_failure_ratio=options.max_failure_ratio,
-        plan=run_plan, gallery_url=views.gallery_url if views else None,
+        plan=run_plan, halted=halted, gallery_url=views.gallery_url if views else None,
         catalog_uri=views.catalog_uri if views else None)
     log.info("%s; manifest %s", summary.describe(), manifest_uri)
     await publish_table(summary, summary.rows)
@@ -252,6 +261,9 @@ async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
     if plan.rows == 0:
         raise InputError("source: no rows to generate in it", field="source")
     _report_rows(plan, options.strict)
+    # What the run needs once it has paid: somewhere to keep request_ids (the journal) and
+    # the bucket. Found out afterwards, a paid job could be lost (flashgen.preflight).
+    await asyncio.to_thread(Journal(settings.state_dir, scope=store.uri(store.prefix)).probe)
     await asyncio.to_thread(store.check_writable)
     counts, stored = await asyncio.to_thread(
         census, store, plan.iter_items(), force=options.force,
@@ -282,7 +294,8 @@ def _context(options: BatchOptions, settings: Settings, store: Store, client: Ru
         deployment=runtime_deployment.name, force=options.force,
         resubmit_ambiguous=options.resubmit_ambiguous,
         budget=SubmitBudget(run_plan.submission_cap(max_items=options.max_items,
-                                                    max_cost=options.max_cost)))
+                                                    max_cost=options.max_cost)),
+        breaker=StorageBreaker(settings.storage_breaker))
 
 
 async def _publish_views(store: Store, batch_id: str, manifest: ManifestSpool,
@@ -396,6 +409,7 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
         async with slots.slot():  # one API slot: from the submit until the job is terminal
             if rate_limited:
                 await rate_limit(SUBMIT_RATE_LIMIT)
+            ctx.breaker.check()  # S3 refuses for good: pay for nothing it cannot keep
             sent = await steps.submit(ctx, item)
             if sent.action == Action.SKIP:
                 return _done(row, began, ItemState.SKIPPED, sent.reason,
@@ -416,9 +430,11 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
         stored = await steps.store(ctx, item, sent.request_id, files, timings, finished.polls,
                                    sent.attempts)
         records.update(zip(stored.record_uris, stored.records, strict=True))
+        ctx.breaker.record(None)
         return _done(row, began, ItemState.STORED, None, image_uris=stored.image_uris,
                      metadata_uri=stored.record_uris[0] if stored.record_uris else None)
     except Exception as exc:  # one item's failure is recorded, never the batch's end
+        ctx.breaker.record(exc)
         log.error("line %s failed: %s", item.line, exc)
         return _done(row, began, ItemState.FAILED, f"{type(exc).__name__}: {exc}")
     finally:

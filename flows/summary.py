@@ -36,6 +36,7 @@ class BatchSummary(BaseModel):
     plan: RunPlan | None = None  # what the run set out to do, before it paid
     dry_run: bool = False  # planned only: nothing was sent
     refused: str | None = None  # why the run stopped before sending anything (bad input)
+    halted: str | None = None  # why the run stopped sending midway (S3 refusing writes)
     gallery_url: str | None = None  # presigned link to the batch's HTML gallery
     catalog_uri: str | None = None  # the batch's Parquet file in the catalog
 
@@ -45,7 +46,7 @@ class BatchSummary(BaseModel):
 
     @property
     def ok(self) -> bool:
-        if self.refused:
+        if self.refused or self.halted:
             return False
         return (self.failed + self.invalid) == 0 or self.failure_ratio <= self.max_failure_ratio
 
@@ -55,8 +56,9 @@ class BatchSummary(BaseModel):
         if self.dry_run and self.plan:
             return (f"batch {self.batch_id} (dry run, nothing sent): {self.plan.to_send} new "
                     f"paid submission(s) of {self.plan.items} item(s)")
-        return (f"batch {self.batch_id}: {self.stored} stored, {self.skipped} skipped, "
-                f"{self.failed} failed, {self.invalid} invalid of {self.total}")
+        counts = (f"batch {self.batch_id}: {self.stored} stored, {self.skipped} skipped, "
+                  f"{self.failed} failed, {self.invalid} invalid of {self.total}")
+        return f"{counts}; stopped paying: {self.halted}" if self.halted else counts
 
     @classmethod
     def from_spool(cls, batch_id: str, spool: ManifestSpool, **fields) -> BatchSummary:

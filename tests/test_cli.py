@@ -43,7 +43,7 @@ def test_every_command_has_help(command):
 def test_status_of_a_malformed_id_fails_clearly_without_the_token(monkeypatch):
     monkeypatch.setenv("RUNCOMFY_API_TOKEN", "unused")
     result = runner.invoke(app, ["status", "bad id with spaces"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input, like every other: exit 2, one line
     assert "unused" not in result.output
 
 
