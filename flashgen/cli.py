@@ -338,20 +338,17 @@ def gallery(
     prefix: PrefixOpt = None,
 ) -> None:
     """Publish (or refresh) a batch's gallery in S3 and print its presigned link."""
-    from flashgen.batch_records import read_records
     from flashgen.gallery import publish_gallery, write_local_gallery
     from flashgen.settings import get_settings
 
-    settings = get_settings()
     try:
+        settings = get_settings()
         store = _store_with_manifest(batch_id, bucket, prefix)
-        rows = store.read_manifest(batch_id)
-        records = read_records(store, rows)
-        page = publish_gallery(store, batch_id, rows, records,
-                               expires_in=settings.gallery_url_ttl)
+        # Each page streams the manifest and reads only the records it shows.
+        page = publish_gallery(store, batch_id, expires_in=settings.gallery_url_ttl)
         index = None
         if out is not None:
-            index = write_local_gallery(store, batch_id, out, rows=rows, records=records)
+            index = write_local_gallery(store, batch_id, out)
     except InputError as exc:
         _fail(exc, 2)
     except (FlashgenError, OSError) as exc:

@@ -301,11 +301,10 @@ def _context(options: BatchOptions, settings: Settings, store: Store, client: Ru
 async def _publish_views(store: Store, batch_id: str, manifest: ManifestSpool,
                          records: dict[str, ImageRecord], settings: Settings) -> BatchViews | None:
     """The batch's gallery, catalog file and artifacts; their failure never fails the batch."""
-    try:
-        rows = manifest.read_all()
-        views = await asyncio.to_thread(publish_batch_views, store, batch_id, rows,
+    try:  # the rows stream from the spool on disk: bounded memory whatever the batch
+        views = await asyncio.to_thread(publish_batch_views, store, batch_id, manifest,
                                         records=records, settings=settings)
-        await publish_view_artifacts(views, rows, records)
+        await publish_view_artifacts(views, manifest, records)
         return views
     except Exception as exc:  # the images and manifest are safe; the views can be rebuilt
         get_run_logger().warning("batch %s: gallery or catalog not written (%s); "

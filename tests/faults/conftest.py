@@ -26,6 +26,7 @@ from tests.conftest import FLASHGEN, module_bucket, s3_client
 from tests.faults.s3proxy import S3FaultProxy
 
 TOKEN = "fault-token-9f8e7d6c5b4a3921"
+CAMPAIGN = pytest.StashKey["Tally"]()  # the fault campaign's figures, for the summary
 BUCKET = "flashgen-faults"
 fault_s3 = module_bucket(BUCKET)
 
@@ -92,20 +93,28 @@ class FaultStack:
                 unsent_ambiguous += 1
         assert unsent_ambiguous <= killed_claims, \
             f"{unsent_ambiguous} item(s) ambiguous but never sent"
-        for key in self.keys("metadata/"):
-            record = ImageRecord.model_validate_json(self.read(key))
-            data = self.read(record.image_uri.split("/", 3)[3])
-            assert hashlib.sha256(data).hexdigest() == record.sha256
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()  # every stored image decodes, to the last pixel
-                assert image.size == (record.width, record.height)
+        self.check_stored_objects()
         self.assert_token_nowhere()
         counts: dict[str, int] = {}
         for row in rows:
             counts[row.state.value] = counts.get(row.state.value, 0) + 1
         return counts
 
+    def check_stored_objects(self) -> None:
+        """Every stored image decodes, to the last pixel, and matches its record's SHA-256."""
+        for key in self.keys("metadata/"):
+            record = ImageRecord.model_validate_json(self.read(key))
+            data = self.read(record.image_uri.split("/", 3)[3])
+            assert hashlib.sha256(data).hexdigest() == record.sha256, record.image_uri
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                assert image.size == (record.width, record.height), record.image_uri
+
     def assert_token_nowhere(self) -> None:
+        state = Path(self.env["FLASHGEN_STATE_DIR"])
+        for path in state.rglob("*") if state.is_dir() else ():
+            if path.is_file():
+                assert TOKEN.encode() not in path.read_bytes(), f"the token is in {path}"
         for key in self.keys():
             assert TOKEN.encode() not in self.read(key), f"the token is in s3://{BUCKET}/{key}"
         for text in self.outputs:
@@ -135,3 +144,11 @@ def fault_stack(prefect_api, fault_s3, request, tmp_path):
                          workdir=tmp_path)
 
 
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The fault campaign's figures (schedules, runs, invariants) at the end of the run."""
+    tally = config.stash.get(CAMPAIGN, None)
+    if tally is not None:
+        terminalreporter.write_sep("-", "fault campaign")
+        terminalreporter.write_line(tally.line())
