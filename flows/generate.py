@@ -4,9 +4,9 @@
 
 1. every option is checked (``BatchOptions``); the run announces itself on the shared API
    limit (``flashgen.flows.slots.ApiSlots``), so other runs leave it its share while it plans; every
-   row is read and validated, streamed from the prompt file; the bucket is probed for
-   writes and the token tried with a request that costs nothing — all before the first
-   paid request;
+   row is read and validated, streamed from the prompt file; the settings are in range,
+   the state directory (the journal) and the bucket are probed for writes and the token
+   tried with a request that costs nothing — all before the first paid request;
 2. the ledger entry of every item is read (a bounded number at a time) to make the plan:
    what is stored, in flight, ambiguous, and what will be paid for; the plan is logged,
    published as an artifact and held against ``max_items`` / ``max_cost``; a dry run stops
@@ -14,8 +14,11 @@
 3. items stream through a bounded pool of workers; each job holds one slot of the shared
    API limit (``flashgen.flows.slots.ApiSlots``: fair between runs, one acquirer per run) from its
    submit until it is terminal, then is fetched and stored outside the slot;
-4. rows stream into the manifest spool, uploaded with its summary at the end, and the
-   batch's event and table artifact follow.
+   after ``FLASHGEN_STORAGE_BREAKER`` permanent S3 refusals in a row no new job is sent
+   (``flashgen.tasks.context.StorageBreaker``);
+4. rows stream into the manifest spool, uploaded with its summary at the end; the gallery
+   and catalog are built from the spool as streams, and the batch's event and table
+   artifact follow.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from flashgen.failpoints import POINTS
 from flashgen.records import ItemState, LedgerEntry, LedgerState
 
@@ -60,6 +62,8 @@ ODD_SETTINGS = [
     {"FLASHGEN_POLL_INITIAL": "0.01", "FLASHGEN_POLL_MAXIMUM": "0.05"},
     {"FLASHGEN_JOB_TIME_PRIOR": "0.01"}, {"FLASHGEN_STORAGE_BREAKER": "1"},
 ]
+# The campaign's figures across its tests, for the terminal summary (tests/conftest.py).
+CAMPAIGN = pytest.StashKey["Tally"]()
 FINAL = {LedgerState.STORED, LedgerState.FAILED, LedgerState.AMBIGUOUS, LedgerState.LOST}
 
 

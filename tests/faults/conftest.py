@@ -26,7 +26,6 @@ from tests.conftest import FLASHGEN, module_bucket, s3_client
 from tests.faults.s3proxy import S3FaultProxy
 
 TOKEN = "fault-token-9f8e7d6c5b4a3921"
-CAMPAIGN = pytest.StashKey["Tally"]()  # the fault campaign's figures, for the summary
 BUCKET = "flashgen-faults"
 fault_s3 = module_bucket(BUCKET)
 
@@ -145,10 +144,3 @@ def fault_stack(prefect_api, fault_s3, request, tmp_path):
 
 
 
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """The fault campaign's figures (schedules, runs, invariants) at the end of the run."""
-    tally = config.stash.get(CAMPAIGN, None)
-    if tally is not None:
-        terminalreporter.write_sep("-", "fault campaign")
-        terminalreporter.write_line(tally.line())

@@ -13,8 +13,7 @@ import os
 
 import pytest
 
-from tests.faults.campaign import FaultSchedule, Tally, run_schedule
-from tests.faults.conftest import CAMPAIGN
+from tests.faults.campaign import CAMPAIGN, FaultSchedule, Tally, run_schedule
 
 pytestmark = pytest.mark.slow
 
