@@ -41,7 +41,7 @@ from flashgen.storage import Store
 log = logging.getLogger(__name__)
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
-CHUNK_ROWS = 10_000  # rows (and their records) in memory at once while writing a file
+CHUNK_ROWS = 2_000  # rows (and their records) in memory at once while writing a file
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 CATALOG_SCHEMA = pa.schema([
