@@ -184,7 +184,8 @@ def run_schedule(stack, schedule: FaultSchedule, tally: Tally) -> None:
                              FLASHGEN_STORAGE_BREAKER="3")
         tally.runs += 1
         check.ended(healed, killed=False)
-        check.manifest("healed", inputs, killed_claims=2 * schedule.concurrency if killed else 0)
+        check.manifest("healed", inputs, killed_claims=2 * schedule.concurrency if killed else 0,
+                       healed=True)
         check.ledger_final()
         check.stored_objects()
         check.no_duplicate_paid()
@@ -226,7 +227,11 @@ class _Checker:
             self._ok()
         self._ok()
 
-    def manifest(self, batch_id: str, inputs: int, *, killed_claims: int) -> None:
+    def manifest(self, batch_id: str, inputs: int, *, killed_claims: int,
+                 healed: bool = False) -> None:
+        """Every input in the manifest, in a final state with a reason; "ambiguous" only if
+        its POST arrived (or a killed run had claimed it). ``healed``: the run had no faults,
+        so every valid input is stored, unless its earlier submit is ambiguous or lost."""
         stats = self.stack.api.stats()
         rows = self.stack.manifest(batch_id)
         assert sorted(r.line for r in rows) == list(range(2, inputs + 2)), \
@@ -242,6 +247,9 @@ class _Checker:
             ambiguous = row.state == ItemState.FAILED and "mbiguous" in (row.reason or "")
             if ambiguous and not sent.get(row.fingerprint):
                 unsent_ambiguous += 1
+            if healed and row.state == ItemState.FAILED:
+                assert ambiguous or "lost" in (row.reason or ""), \
+                    f"line {row.line} not stored once every fault was gone: {row.reason}"
             self._ok()
         assert unsent_ambiguous <= killed_claims, \
             f"{batch_id}: {unsent_ambiguous} item(s) ambiguous but never sent"
