@@ -122,7 +122,7 @@ def settings_error(exc: ValidationError) -> InputError:
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else "settings"
         name = env_name(field) if field in Settings.model_fields else field
-        given = "" if "token" in name.lower() else f" (got {error.get('input')!r})"
+        given = "" if "token" in name.lower() else f" (got {error.get('input')!r:.80})"
         problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}{given}")
     return InputError("; ".join(problems), field=problems[0].split(":")[0] if problems else None)
 
