@@ -40,6 +40,7 @@ def test_a_real_run_over_400k_invalid_rows_stays_small(fault_stack):
     print(f"peak RSS of `flashgen batch` over {INVALID_ROWS:,} invalid rows: {peak_mb:.0f} MB")
     assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB"
     gallery = fault_stack.read(f"{fault_stack.prefix}/galleries/big.html")
+    print(f"gallery page: {len(gallery):,} bytes")
     assert len(gallery) < 5_000_000, f"gallery of {len(gallery):,} bytes"
     assert b"<b>400,000</b> invalid" in gallery and b"manifests/big.jsonl" in gallery
     assert b"399,800 more rows not on this page" in gallery  # the first 200 are shown
