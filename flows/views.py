@@ -10,6 +10,7 @@ The links are presigned, so they stop working at ``views.expires_at``;
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 
 from prefect.artifacts import acreate_image_artifact, acreate_link_artifact
@@ -33,8 +34,11 @@ async def publish_view_artifacts(
                      f"and every failure with its reason. The link works until {until}; "
                      f"`flashgen gallery {views.batch_id}` makes a fresh one.\n\n"
                      f"Catalog: {views.catalog_uri}"))
-    wanted = {preview.image_uri for preview in views.previews}  # one pass, a few rows kept
-    by_image = {uri: row for row in rows for uri in row.image_uris if uri in wanted}
+    wanted = {preview.image_uri for preview in views.previews}
+    # One pass over a stream that may be long (the run's spool): in a thread, keeping the
+    # few rows the previews show.
+    by_image = await asyncio.to_thread(
+        lambda: {uri: row for row in rows for uri in row.image_uris if uri in wanted})
     for number, preview in enumerate(views.previews, start=1):
         await acreate_image_artifact(
             image_url=preview.url, key=artifact_key("gallery", f"{views.batch_id}-image-{number}"),
