@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast fuzz lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "flashgen needs Python >= 3.11"'
@@ -24,6 +24,14 @@ test: $(VENV)/.installed-dev
 
 test-fast: $(VENV)/.installed-dev
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The randomized fault campaign, longer than `make test` runs it: FUZZ_SCHEDULES schedules
+# from FUZZ_SEED (a new seed each time unless given; a failure prints the seed to rerun).
+FUZZ_SCHEDULES ?= 30
+FUZZ_SEED ?= $(shell date +%s)
+fuzz: $(VENV)/.installed-dev
+	FUZZ_SCHEDULES=$(FUZZ_SCHEDULES) FUZZ_SEED=$(FUZZ_SEED) $(VENV)/bin/python -m pytest \
+		tests/faults/test_campaign.py -q -rA $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -24,9 +24,9 @@ adding a second one under another date.
 
 from __future__ import annotations
 
-import io
 import logging
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime
 
 import pyarrow as pa
@@ -41,6 +41,7 @@ from flashgen.storage import Store
 log = logging.getLogger(__name__)
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
+CHUNK_ROWS = 2_000  # rows (and their records) in memory at once while writing a file
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 CATALOG_SCHEMA = pa.schema([
@@ -158,24 +159,42 @@ def catalog_table(
 def write_catalog(
     store: Store,
     batch_id: str,
-    rows: list[ManifestRow] | None = None,
+    rows: Iterable[ManifestRow] | None = None,
     records: Mapping[str, ImageRecord] | None = None,
     *,
     day: date | None = None,
 ) -> str:
     """Write ``<prefix>/catalog/dt=<day>/<batch_id>.parquet``; returns its URI.
 
-    ``rows`` default to the batch's manifest, ``day`` to ``batch_day`` (write the manifest
-    first); records not given are read from S3.
+    ``rows`` (any iterable, read once) default to the batch's manifest, ``day`` to
+    ``batch_day`` (write the manifest first); records not given are read from S3. Rows are
+    written ``CHUNK_ROWS`` at a time, with their records, so a batch of any size is written
+    in bounded memory.
     """
-    rows = store.read_manifest(batch_id) if rows is None else rows
-    records = read_records(store, rows, records)
+    rows = store.iter_manifest(batch_id) if rows is None else rows
     day = day or batch_day(store, batch_id)
-    buffer = io.BytesIO()
-    # zstd: small files that DuckDB, Spark, Athena and pandas all read.
-    pq.write_table(catalog_table(batch_id, rows, records), buffer, compression="zstd")
+    known = records or {}
+    with tempfile.TemporaryFile() as spool:
+        # zstd: small files that DuckDB, Spark, Athena and pandas all read.
+        with pq.ParquetWriter(spool, CATALOG_SCHEMA, compression="zstd") as writer:
+            for chunk in _chunks(rows, CHUNK_ROWS):
+                writer.write_table(catalog_table(batch_id, chunk,
+                                                 read_records(store, chunk, known)))
+        spool.seek(0)
+        data = spool.read()  # the compressed file: small next to its rows
     key = store.layout.catalog(batch_id, day)
-    return store.put_bytes(key, buffer.getvalue(), PARQUET_CONTENT_TYPE)
+    return store.put_bytes(key, data, PARQUET_CONTENT_TYPE)
+
+
+def _chunks(rows: Iterable[ManifestRow], size: int) -> Iterator[list[ManifestRow]]:
+    chunk: list[ManifestRow] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def batch_day(store: Store, batch_id: str, *, last_modified: datetime | None = None) -> date:

@@ -103,7 +103,7 @@ def _call(method: str, request_id: str) -> Any:
     except (InputError, AuthenticationError) as exc:  # refused: a bad id, a bad token
         _fail(exc, 2)
     except FlashgenError as exc:
-        _fail(exc)
+        _fail(exc, 2 if isinstance(exc, InputError) else 1)
 
 
 @app.command()
@@ -143,6 +143,10 @@ def generate(
     force: Annotated[bool, typer.Option(help="Generate again even if stored.")] = False,
 ) -> None:
     """Generate one image into S3 (runs the generate-image flow)."""
+    try:
+        _preflight(None)
+    except InputError as exc:
+        _fail(exc, 2)
     from flashgen.flows.generate import generate_image, image_inputs
 
     given = dict(prompt=prompt, negative_prompt=negative_prompt, aspect_ratio=aspect_ratio,
@@ -205,6 +209,7 @@ def batch(
                   max_items=max_items, max_cost=max_cost)
     try:
         BatchOptions.parse(**params)  # the flow checks again; this fails before Prefect starts
+        _preflight(out)
     except InputError as exc:
         _fail(exc, 2)
     from flashgen.flows.generate import generate_images
@@ -261,6 +266,18 @@ def retry(
 
 # Like a shell's exit status after SIGINT: the batch stopped because it was asked to.
 EXIT_CANCELLED = 130
+
+
+def _preflight(out: Path | None) -> None:
+    """What this process needs once it has paid, before Prefect starts: every setting in
+    its range, the state directory and ``--out`` writable. The flow checks the settings,
+    the state directory and the bucket again (deployments run it without this CLI)."""
+    from flashgen.preflight import writable_folder
+    from flashgen.settings import get_settings
+
+    writable_folder(get_settings().state_dir, "FLASHGEN_STATE_DIR")
+    if out is not None:
+        writable_folder(out, "--out")
 
 
 def _run_flow(flow: Any, **params: Any) -> Any:
@@ -386,7 +403,8 @@ def _ledger(bucket: str | None, prefix: str | None) -> Any:
 @ledger_app.command("list")
 def ledger_list(
     state: Annotated[str | None, typer.Option(
-        help="Only entries in this state: sending, submitted, stored, failed, ambiguous.")] = None,
+        help="Only entries in this state: sending, submitted, stored, failed, ambiguous, "
+             "lost.")] = None,
     batch: Annotated[str | None, typer.Option(help="Only entries written by this batch.")] = None,
     bucket: BucketOpt = None,
     prefix: PrefixOpt = None,
@@ -428,7 +446,7 @@ def ledger_resolve(
     bucket: BucketOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:
-    """Settle an ambiguous item: adopt its request, or release it to be sent again."""
+    """Settle an ambiguous or lost item: adopt a request, or release it to be sent again."""
     try:
         entry = _ledger(bucket, prefix).resolve(fingerprint, request_id=request_id, retry=retry)
     except FlashgenError as exc:
@@ -447,20 +465,17 @@ def gallery(
     prefix: PrefixOpt = None,
 ) -> None:
     """Publish (or refresh) a batch's gallery in S3 and print its presigned link."""
-    from flashgen.batch_records import read_records
     from flashgen.gallery import publish_gallery, write_local_gallery
     from flashgen.settings import get_settings
 
-    settings = get_settings()
     try:
+        settings = get_settings()
         store = _store_with_manifest(batch_id, bucket, prefix)
-        rows = store.read_manifest(batch_id)
-        records = read_records(store, rows)
-        page = publish_gallery(store, batch_id, rows, records,
-                               expires_in=settings.gallery_url_ttl)
+        # Each page streams the manifest and reads only the records it shows.
+        page = publish_gallery(store, batch_id, expires_in=settings.gallery_url_ttl)
         index = None
         if out is not None:
-            index = write_local_gallery(store, batch_id, out, rows=rows, records=records)
+            index = write_local_gallery(store, batch_id, out)
     except InputError as exc:
         _fail(exc, 2)
     except (FlashgenError, OSError) as exc:

@@ -18,7 +18,8 @@
     ├── JobError                    the API worked, the job did not
     │   ├── JobFailedError          the job ended failed / error
     │   ├── JobCancelledError       the job ended cancelled
-    │   └── JobDeadlineError        still not finished at the caller's deadline (transient)
+    │   ├── JobDeadlineError        still not finished at the caller's deadline (transient)
+    │   └── JobLostError            the API answers 404 for its request_id: recorded ``lost``
     ├── DownloadError               an output file could not be fetched or was refused
     │   └── CorruptDownloadError    it arrived, but does not decode: fetch it again (transient)
     └── StorageError                S3 said no (other than a lost race for a claim)
@@ -176,6 +177,11 @@ class JobDeadlineError(JobError):
     """The job had not finished by the deadline; it may still finish, so polling may resume."""
 
     transient = True
+
+
+class JobLostError(JobError):
+    """The API does not know the request_id (expired, or mistyped by hand); the ledger
+    records the item ``lost`` until a rerun or ``flashgen ledger resolve`` releases it."""
 
 
 # --- files and storage ----------------------------------------------------------------

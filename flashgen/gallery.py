@@ -18,16 +18,20 @@ points at (images, metadata records) into an href:
       # → PosixPath('review/index.html')
 
 The page has no scripts and no external assets (inline CSS only), and every text from the
-batch is escaped. A batch of many thousand images would make a page no browser can hold,
-so at most ``MAX_EMBEDDED_IMAGES`` are shown as pictures; every row is still listed.
+batch is escaped. Its size is bounded whatever the batch: at most ``MAX_EMBEDDED_IMAGES``
+images are shown as pictures and ``MAX_LISTED_IMAGES`` more as table lines, and at most
+``MAX_LISTED_ISSUES`` rows without an image with their reasons (the first, by line); the
+rest are counted and the page points to the manifest, which has every row. The rows are
+read once, as a stream (``Selection.of``), so a batch of any size renders in bounded memory.
 """
 
 from __future__ import annotations
 
+import heapq
 import html
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,7 +46,9 @@ from flashgen.records import ImageRecord, ItemState, ManifestRow
 from flashgen.spend import Spend, planned_of
 from flashgen.storage import Store, parse_s3_uri
 
-MAX_EMBEDDED_IMAGES = 2000
+MAX_EMBEDDED_IMAGES = 2000  # images shown as pictures
+MAX_LISTED_IMAGES = 2000  # more images, one table line each
+MAX_LISTED_ISSUES = 200  # rows without an image shown with their reason
 HTML_CONTENT_TYPE = "text/html; charset=utf-8"
 NOT_GENERATED = "not-generated"  # the section's id: the header's failure counts link to it
 
@@ -62,9 +68,66 @@ class PublishedGallery(BaseModel):
 # --- the page --------------------------------------------------------------------------
 
 
+@dataclass
+class Selection:
+    """What the page shows of a batch, chosen in one pass over its rows in bounded memory:
+    the counts, the first ``max_images`` images as pictures and ``max_listed`` more as table
+    lines, and the first ``max_issues`` rows without an image ("first" in line order,
+    whatever order the rows come in). Everything past that is counted, and the page links
+    the manifest for it."""
+
+    total: int
+    counts: Counter
+    images: list[ManifestRow]
+    listed: list[ManifestRow]
+    images_total: int
+    issues: list[ManifestRow]
+    issues_total: int
+
+    @classmethod
+    def of(cls, rows: Iterable[ManifestRow], *, max_images: int = MAX_EMBEDDED_IMAGES,
+           max_listed: int = MAX_LISTED_IMAGES,
+           max_issues: int = MAX_LISTED_ISSUES) -> Selection:
+        counts: Counter = Counter()
+        images = _First(max_images + max_listed)
+        issues = _First(max_issues)
+        for row in rows:
+            counts[row.state] += 1
+            (images if row.image_uris else issues).add(row)
+        firsts = images.rows()
+        return cls(total=sum(counts.values()), counts=counts, images=firsts[:max_images],
+                   listed=firsts[max_images:], images_total=images.seen,
+                   issues=issues.rows(), issues_total=issues.seen)
+
+    @property
+    def rows(self) -> list[ManifestRow]:
+        """Every row the page shows (whose records it needs)."""
+        return [*self.images, *self.listed, *self.issues]
+
+
+class _First:
+    """The ``n`` rows with the lowest line numbers seen so far (a bounded heap), and a count."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen, self._heap = n, 0, []
+
+    def add(self, row: ManifestRow) -> None:
+        self.seen += 1
+        if self.n <= 0:
+            return
+        entry = (-(row.line or 0), -self.seen, row)  # the largest line sits on top
+        if len(self._heap) < self.n:
+            heapq.heappush(self._heap, entry)
+        elif entry > self._heap[0]:
+            heapq.heapreplace(self._heap, entry)
+
+    def rows(self) -> list[ManifestRow]:
+        return [row for *_, row in sorted(self._heap, reverse=True)]
+
+
 def render_gallery(
     batch_id: str,
-    rows: Iterable[ManifestRow],
+    rows: Iterable[ManifestRow] | Selection,
     records: Mapping[str, ImageRecord],
     link: Link,
     *,
@@ -72,47 +135,64 @@ def render_gallery(
     links_expire_at: datetime | None = None,
     now: datetime | None = None,
     spend: Spend | None = None,
+    manifest: tuple[str, str | None] | None = None,
 ) -> str:
-    """The batch's gallery as one HTML document.
+    """The batch's gallery as one HTML document, of bounded size whatever the batch.
 
     ``records`` maps metadata URIs to their ``ImageRecord`` (see ``read_records``);
     ``link`` maps every ``s3://`` URI on the page to an href. ``links_expire_at`` is said on
-    the page when the hrefs stop working (presigned URLs)::
+    the page when the hrefs stop working (presigned URLs). ``manifest`` is the manifest's
+    URI and its href (or None), named where the page leaves rows out::
 
     page = render_gallery("b1", rows, records, link=lambda uri: uri)
     """
-    rows = list(rows)
-    counts = Counter(row.state for row in rows)
-    cards = [_Card.of(row, records) for row in rows]
-    with_image = [card for card in cards if card.image_uri]
-    without_image = [card for card in cards if not card.image_uri]
-    shown, listed = with_image[:max_images], with_image[max_images:]
+    chosen = rows if isinstance(rows, Selection) else Selection.of(rows, max_images=max_images)
+    shown = [_Card.of(row, records) for row in chosen.images]
+    listed = [_Card.of(row, records) for row in chosen.listed]
+    issues = [_Card.of(row, records) for row in chosen.issues]
+    not_listed = chosen.images_total - len(shown) - len(listed)
     now = now or datetime.now(UTC)
 
-    parts = [_head(batch_id), _header(batch_id, len(rows), counts, now, links_expire_at,
-                                      spend)]
+    parts = [_head(batch_id), _header(batch_id, chosen.total, chosen.counts, now,
+                                      links_expire_at, spend)]
     if shown:
         parts.append(_section(
-            "images", "Images", len(with_image),
+            "images", "Images", chosen.images_total,
             "Click an image for the full-size file, “metadata” for everything recorded "
-            "about it." + (f" The first {len(shown):,} of {len(with_image):,} are shown as "
-                           "pictures; the rest are listed below." if listed else ""),
+            "about it." + (f" The first {len(shown):,} of {chosen.images_total:,} are shown "
+                           "as pictures; the rest are listed below."
+                           if chosen.images_total > len(shown) else ""),
             '<div class="grid">' + "".join(_figure(card, link) for card in shown) + "</div>"))
-    if listed:
+    if listed or not_listed:
         parts.append(_section(
-            "more-images", "More images", len(listed),
-            f"Not shown as pictures: this page embeds at most {max_images:,} images.",
-            _table(listed, link)))
-    if without_image:
+            "more-images", "More images", chosen.images_total - len(shown),
+            f"Not shown as pictures: this page embeds at most {len(shown):,} images.",
+            _table(listed, link) + _more(not_listed, "images", manifest)))
+    if issues:
         parts.append(_section(
-            NOT_GENERATED, "Not generated", len(without_image),
-            "Rows that have no image, and why.",
-            '<div class="issues">' + "".join(_issue(card, link) for card in without_image)
-            + "</div>"))
-    if not rows:
+            NOT_GENERATED, "Not generated", chosen.issues_total,
+            "Rows that have no image, and why"
+            + (f" (the first {len(issues):,} by line)."
+               if chosen.issues_total > len(issues) else "."),
+            '<div class="issues">' + "".join(_issue(card, link) for card in issues)
+            + "</div>" + _more(chosen.issues_total - len(issues), "rows", manifest)))
+    if not chosen.total:
         parts.append('<p class="empty">This batch has no rows.</p>')
     parts.append("</main></body></html>\n")
     return "".join(parts)
+
+
+def _more(count: int, what: str, manifest: tuple[str, str | None] | None) -> str:
+    """The rows the page leaves out, counted, and where all of them are."""
+    if count <= 0:
+        return ""
+    where = "the batch's manifest"
+    if manifest:
+        uri, href = manifest
+        where = (f'the manifest, <a href="{_e(href)}">{_e(uri)}</a>' if href
+                 else f"the manifest, <code>{_e(uri)}</code>")
+    return (f'<p class="more">{count:,} more {what} not on this page: every row is in '
+            f"{where} (one JSON object per line), and in the batch's catalog file.</p>")
 
 
 @dataclass(frozen=True)
@@ -329,6 +409,7 @@ overflow-wrap:anywhere}
 table.rows{width:100%;border-collapse:collapse;background:var(--card);font-size:13px}
 .rows th,.rows td{text-align:left;padding:6px 10px;border-bottom:1px solid var(--line)}
 .empty{color:var(--muted)}
+.more{margin:14px 0 0;color:var(--muted);font-size:14px}
 """
 
 
@@ -338,7 +419,7 @@ table.rows{width:100%;border-collapse:collapse;background:var(--card);font-size:
 def publish_gallery(
     store: Store,
     batch_id: str,
-    rows: list[ManifestRow] | None = None,
+    rows: Iterable[ManifestRow] | None = None,
     records: Mapping[str, ImageRecord] | None = None,
     *,
     expires_in: int,
@@ -346,16 +427,26 @@ def publish_gallery(
 ) -> PublishedGallery:
     """Write ``<prefix>/galleries/<batch_id>.html`` linking presigned URLs; return its own.
 
-    ``rows`` default to the batch's manifest; ``records`` already in memory are not re-read.
-    Every link, the page's included, works for ``expires_in`` seconds; publishing again
-    makes fresh ones.
+    ``rows`` (any iterable, read once) default to the batch's manifest; ``records`` already
+    in memory are not re-read, and only the shown rows' records are read. Every link, the
+    page's included, works for ``expires_in`` seconds; publishing again makes fresh ones.
     """
-    rows = store.read_manifest(batch_id) if rows is None else rows
-    records = read_records(store, rows, records)
+    spend = Spend(planned_usd=planned_of(store, batch_id))
+
+    def tallied(rows: Iterable[ManifestRow]) -> Iterator[ManifestRow]:
+        for row in rows:  # the spend, summed as the rows stream past once
+            spend.add_row(row)
+            yield row
+
+    chosen = Selection.of(tallied(store.iter_manifest(batch_id) if rows is None else rows),
+                          max_images=max_images)
+    records = read_records(store, chosen.rows, records)
     expires_at = datetime.now(UTC) + timedelta(seconds=expires_in)
-    spend = Spend.of_rows(rows, planned_usd=planned_of(store, batch_id))
-    page = render_gallery(batch_id, rows, records, lambda uri: store.presign(uri, expires_in),
-                          max_images=max_images, links_expire_at=expires_at, spend=spend)
+    manifest_key = store.layout.manifest(batch_id)
+    page = render_gallery(batch_id, chosen, records, lambda uri: store.presign(uri, expires_in),
+                          links_expire_at=expires_at, spend=spend,
+                          manifest=(store.uri(manifest_key),
+                                    store.presign(manifest_key, expires_in)))
     key = store.layout.gallery(batch_id)
     uri = store.put_bytes(key, page.encode("utf-8"), HTML_CONTENT_TYPE)
     return PublishedGallery(uri=uri, url=store.presign(key, expires_in), expires_at=expires_at)
@@ -369,7 +460,7 @@ def write_local_gallery(
     batch_id: str,
     out_dir: Path | str,
     *,
-    rows: list[ManifestRow] | None = None,
+    rows: Iterable[ManifestRow] | None = None,
     records: Mapping[str, ImageRecord] | None = None,
     max_images: int = MAX_EMBEDDED_IMAGES,
 ) -> Path:
@@ -379,8 +470,16 @@ def write_local_gallery(
     ``metadata/…``); the page links them by relative path. Returns the page's path.
     """
     out = Path(out_dir)
-    rows = store.read_manifest(batch_id) if rows is None else rows
-    records = read_records(store, rows, records)
+    spend = Spend(planned_usd=planned_of(store, batch_id))
+
+    def tallied(rows: Iterable[ManifestRow]) -> Iterator[ManifestRow]:
+        for row in rows:  # the spend, summed as the rows stream past once
+            spend.add_row(row)
+            yield row
+
+    chosen = Selection.of(tallied(store.iter_manifest(batch_id) if rows is None else rows),
+                          max_images=max_images)
+    records = read_records(store, chosen.rows, records)
     linked: dict[str, PurePosixPath] = {}
 
     def link(uri: str) -> str:
@@ -388,7 +487,8 @@ def write_local_gallery(
         linked[uri] = linked.get(uri) or _local_path(store, uri)
         return quote(linked[uri].as_posix())
 
-    page = render_gallery(batch_id, rows, records, link, max_images=max_images)
+    page = render_gallery(batch_id, chosen, records, link,
+                          manifest=(store.uri(store.layout.manifest(batch_id)), None))
     _download(store, linked, out)
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")

@@ -3,9 +3,16 @@
 One JSON object per fingerprint, ``<prefix>/ledger/<fingerprint>.json``, moves through::
 
     (none) ──claim──▶ sending ──request_id──▶ submitted ──▶ stored
-                         │                        └──────▶ failed   (the job failed: nothing paid)
+                         │                        ├──────▶ failed   (the job failed: nothing paid)
+                         │                        └──────▶ lost     (the API answers 404 for it)
                          ├── refused / not sent ─▶ failed
                          └── answer lost, or the sender vanished ─▶ ambiguous
+
+Every state has a way out. ``ambiguous`` and ``lost`` are not resent by themselves (a
+paid job may exist, or did and expired): ``--resubmit-ambiguous`` on a rerun, or
+``flashgen ledger resolve FP --retry``, releases them to be sent again, and
+``ledger resolve FP --request-id ID`` adopts another request (also over a ``submitted``
+entry whose request_id was mistyped: the next run that polls it marks it ``lost``).
 
 The only window in which a paid job can exist without a known request_id is ``sending``:
 it is written (a conditional put) immediately before the POST, with a lease that covers one
@@ -23,6 +30,8 @@ failed          –                                     SEND (no paid output exi
 ambiguous       request_id in the local journal       RESUME it (adopted)
 ambiguous       ``resubmit_ambiguous``                SEND (may pay twice: asked for)
 ambiguous       otherwise                             AMBIGUOUS (reported, not resent)
+lost            ``resubmit_ambiguous``                SEND (its job is gone at the API)
+lost            otherwise                             AMBIGUOUS (reported as lost, not resent)
 sending         request_id in the local journal       RESUME it (adopted)
 sending         owner alive and lease running         WAIT (then decide again)
 sending         owner gone, or lease ran out          mark ambiguous, then as above
@@ -58,6 +67,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from flashgen.errors import InputError, StorageError
+from flashgen.preflight import writable_folder
 from flashgen.records import LedgerEntry, LedgerState
 from flashgen.storage import Store
 
@@ -117,9 +127,13 @@ def owner_process_gone(owner: str | None) -> bool:
 class Journal:
     """Request_ids not yet in the ledger, one fsync'ed file each, readable by any later run.
 
+    It also remembers them in memory, so a retry in this process finds a request_id even
+    when the state directory failed after the preflight (``probe``) passed.
+
     >>> import tempfile
     >>> journal = Journal(Path(tempfile.mkdtemp()), scope="bucket/prefix")
     >>> journal.remember("abc", "req-1"); journal.recall("abc")
+    True
     'req-1'
     >>> journal.forget("abc"); journal.recall("abc") is None
     True
@@ -128,27 +142,47 @@ class Journal:
     def __init__(self, directory: Path, scope: str) -> None:
         # One folder per bucket/prefix: the same fingerprint elsewhere is another item.
         self.folder = Path(directory) / "journal" / hashlib.sha256(scope.encode()).hexdigest()[:16]
+        self._memory: dict[str, str] = {}
 
-    def remember(self, fingerprint: str, request_id: str) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self._path(fingerprint)
-        temporary = path.with_suffix(".tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump({"fingerprint": fingerprint, "request_id": request_id,
-                       "at": time.time()}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+    def probe(self) -> None:
+        """Before the first paid request: ``InputError`` naming FLASHGEN_STATE_DIR unless
+        its journal folder can be created, written and fsync'ed."""
+        writable_folder(self.folder, "FLASHGEN_STATE_DIR")
+
+    def remember(self, fingerprint: str, request_id: str) -> bool:
+        """Keep ``request_id``; True once it is on disk, False when only memory has it."""
+        self._memory[fingerprint] = request_id
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self._path(fingerprint)
+            temporary = path.with_suffix(".tmp")
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump({"fingerprint": fingerprint, "request_id": request_id,
+                           "at": time.time()}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except OSError as exc:
+            log.error("item %s: request_id %s not written to the journal in %s (%s)",
+                      fingerprint, request_id, self.folder, exc)
+            return False
         _fsync_folder(self.folder)
+        return True
 
     def recall(self, fingerprint: str) -> str | None:
+        if fingerprint in self._memory:
+            return self._memory[fingerprint]
         try:
             return json.loads(self._path(fingerprint).read_text(encoding="utf-8"))["request_id"]
         except (OSError, ValueError, KeyError):
             return None
 
     def forget(self, fingerprint: str) -> None:
-        self._path(fingerprint).unlink(missing_ok=True)
+        self._memory.pop(fingerprint, None)
+        try:
+            self._path(fingerprint).unlink(missing_ok=True)
+        except OSError as exc:  # a stale file is harmless: the ledger holds the request_id
+            log.warning("journal file of %s not removed: %s", fingerprint, exc)
 
     def _path(self, fingerprint: str) -> Path:
         return self.folder / f"{fingerprint}.json"
@@ -250,9 +284,15 @@ class Ledger:
         if state == LedgerState.AMBIGUOUS and not resubmit_ambiguous:
             return Decision(Action.AMBIGUOUS, entry=entry,
                             reason=f"ambiguous submission, not resent: {entry.error}")
+        if state == LedgerState.LOST and not resubmit_ambiguous:
+            return Decision(Action.AMBIGUOUS, entry=entry, request_id=entry.request_id,
+                            reason=f"lost, not resent: {entry.error}; `flashgen ledger "
+                                   f"resolve {item.fingerprint} --retry` (or "
+                                   "--resubmit-ambiguous) sends it again, --request-id "
+                                   "adopts another request")
         if state == LedgerState.SUBMITTED:  # without a request_id: an unreadable write
             return None
-        # stored with force, failed, or ambiguous on request: take it over.
+        # stored with force, failed, or ambiguous or lost on request: take it over.
         fresh = self._entry(item, LedgerState.SENDING, lease_until=self._lease(),
                             attempts=entry.attempts)
         if not self.store.replace_ledger(fresh, etag):
@@ -282,13 +322,22 @@ class Ledger:
     def record_submitted(self, item: ItemRef, request_id: str, attempts: int) -> LedgerEntry:
         """The API returned ``request_id``: journal it, then put it in the ledger.
 
-        A StorageError leaves the request_id in the journal, so a retry or a rerun adopts
-        it instead of resending.
+        It is never dropped: a StorageError leaves it in the journal (and this process's
+        memory), so a retry or a rerun adopts it instead of resending; a journal that cannot
+        be written leaves it to the ledger; when both fail it goes to the run's log at
+        ERROR with the command that settles it, before the StorageError is raised.
         """
-        self.journal.remember(item.fingerprint, request_id)
+        journaled = self.journal.remember(item.fingerprint, request_id)
         entry = self._entry(item, LedgerState.SUBMITTED, request_id=request_id,
                             attempts=attempts)
-        self._write(entry)
+        try:
+            self._write(entry)
+        except StorageError as exc:
+            if not journaled:
+                log.error("item %s: paid job %s is in neither the journal nor the ledger (%s); "
+                          "once S3 works: flashgen ledger resolve %s --request-id %s",
+                          item.fingerprint, request_id, exc, item.fingerprint, request_id)
+            raise
         self.journal.forget(item.fingerprint)
         return entry
 
@@ -306,6 +355,12 @@ class Ledger:
     def record_failed(self, item: ItemRef, request_id: str, reason: str, attempts: int) -> None:
         """The job ended failed or cancelled at the API: nothing usable was paid for."""
         self._write(self._entry(item, LedgerState.FAILED, request_id=request_id,
+                                attempts=attempts, error=reason))
+
+    def record_lost(self, item: ItemRef, request_id: str, reason: str, attempts: int) -> None:
+        """The API does not know ``request_id`` (404): its job expired, or the id was
+        mistyped. Kept with its reason until a rerun or ``resolve`` releases it."""
+        self._write(self._entry(item, LedgerState.LOST, request_id=request_id,
                                 attempts=attempts, error=reason))
 
     def record_stored(self, item: ItemRef, request_id: str, attempts: int, *,
@@ -337,10 +392,11 @@ class Ledger:
 
     def resolve(self, fingerprint: str, *, request_id: str | None = None,
                 retry: bool = False) -> LedgerEntry:
-        """Settle an ambiguous (or stale sending) item by hand.
+        """Settle an ambiguous, lost (or stale sending) item by hand.
 
         ``request_id``: adopt a request found in RunComfy's dashboard; the next run polls
-        and stores it. ``retry``: release it for resubmission (which may pay twice).
+        and stores it (over a ``submitted`` entry too: a mistyped request_id is corrected
+        this way). ``retry``: release it for resubmission (which may pay twice).
         """
         if (request_id is None) == (not retry):
             raise InputError("resolve: give exactly one of --request-id or --retry",
@@ -350,10 +406,16 @@ class Ledger:
             raise InputError(f"fingerprint: no ledger entry for {fingerprint!r}",
                              field="fingerprint")
         entry, etag = found
-        if entry.state not in (LedgerState.AMBIGUOUS, LedgerState.SENDING,
-                               LedgerState.CLAIMED, LedgerState.FAILED):
-            raise InputError(f"fingerprint: {fingerprint} is {entry.state}, not ambiguous; "
-                             "nothing to resolve", field="fingerprint")
+        settles = {LedgerState.AMBIGUOUS, LedgerState.LOST, LedgerState.SENDING,
+                   LedgerState.CLAIMED, LedgerState.FAILED}
+        if request_id:
+            settles.add(LedgerState.SUBMITTED)
+        if entry.state not in settles:
+            hint = ("its job is in flight: a rerun polls it, and marks it lost if the API "
+                    "does not know it" if entry.state == LedgerState.SUBMITTED
+                    else "nothing to resolve")
+            raise InputError(f"fingerprint: {fingerprint} is {entry.state}, not ambiguous or "
+                             f"lost; {hint}", field="fingerprint")
         if request_id:
             settled = entry.model_copy(update={
                 "state": LedgerState.SUBMITTED, "request_id": request_id, "error": None,

@@ -15,6 +15,7 @@ batch of any size runs in bounded memory. ``Store.put_manifest_file`` uploads th
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from flashgen.records import ItemState, ManifestRow
@@ -47,12 +48,16 @@ class ManifestSpool:
         if len(self.rows) < self.keep:
             self.rows.append(row)
 
-    def read_all(self) -> list[ManifestRow]:
-        """Every row, in line order (read back from the spool once it is closed)."""
-        self.close()
+    def __iter__(self) -> Iterator[ManifestRow]:
+        """Every row written so far, streamed back from the spool in the order written
+        (each pass reads the file again: the views read it as many times as they need,
+        never all of it into memory)."""
+        if not self._file.closed:
+            self._file.flush()
         with open(self.path, encoding="utf-8") as handle:
-            rows = [ManifestRow.model_validate_json(line) for line in handle if line.strip()]
-        return sorted(rows, key=lambda row: row.line or 0)
+            for line in handle:
+                if line.strip():
+                    yield ManifestRow.model_validate_json(line)
 
     def close(self) -> Path:
         """Flush the file; returns its path (rows in completion order; ``line`` orders them)."""

@@ -29,6 +29,7 @@ class BatchOutcome(BaseModel):
     plan: RunPlan | None = None  # what the run set out to do, before it paid
     spend: Spend | None = None  # planned against the costs the API reported (USD)
     stopped: str | None = None  # why the batch was cancelled part-way (flashgen.stopping)
+    halted: str | None = None  # why the run stopped sending midway (S3 refusing writes)
 
     @property
     def failure_ratio(self) -> float:
@@ -36,8 +37,8 @@ class BatchOutcome(BaseModel):
 
     @property
     def ok(self) -> bool:
-        """Not cancelled part-way, and no more items failed or were invalid than
+        """Not cancelled nor halted part-way, and no more items failed or were invalid than
         ``max_failure_ratio`` allows."""
-        if self.stopped:
+        if self.stopped or self.halted:
             return False
         return (self.failed + self.invalid) == 0 or self.failure_ratio <= self.max_failure_ratio

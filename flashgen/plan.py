@@ -43,7 +43,7 @@ class RunPlan(BaseModel):
     duplicates: int = 0
     stored: int = 0  # already stored: skipped (unless --force)
     in_flight: int = 0  # a request_id is known: polled, not paid again
-    ambiguous: int = 0  # maybe sent before: not resent without --resubmit-ambiguous
+    ambiguous: int = 0  # maybe sent, or lost: not resent without --resubmit-ambiguous
     to_send: int = 0  # new paid submissions
     price_per_image: float | None = None  # USD
     price_source: str | None = None  # where the price comes from (flashgen.pricing)
@@ -114,8 +114,8 @@ def census(store: Store, items: Iterable[Item], *, force: bool = False,
                                               tuple(entry.image_uris))
         elif state == LedgerState.SUBMITTED and found and found[0].request_id:
             counts["in_flight"] += 1
-        elif state in (LedgerState.AMBIGUOUS, LedgerState.SENDING, LedgerState.CLAIMED) and (
-                not resubmit_ambiguous):
+        elif state in (LedgerState.AMBIGUOUS, LedgerState.LOST, LedgerState.SENDING,
+                       LedgerState.CLAIMED) and not resubmit_ambiguous:
             counts["ambiguous"] += 1
         else:
             counts["to_send"] += 1

@@ -17,8 +17,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 class LedgerState(StrEnum):
     """Life of one fingerprint in ``ledger/<fingerprint>.json`` (the rules: ``flashgen.ledger``).
 
-    sending → submitted → stored, or → failed / ambiguous. ``sending`` is written right
-    before the POST, so it is the one state in which a paid job may exist unrecorded.
+    sending → submitted → stored, or → failed / ambiguous / lost. ``sending`` is written
+    right before the POST, so it is the one state in which a paid job may exist unrecorded.
     """
 
     SENDING = "sending"  # the POST is under way; lease_until covers one submit request
@@ -27,6 +27,7 @@ class LedgerState(StrEnum):
     STORED = "stored"  # image and record are in S3
     FAILED = "failed"  # the job failed or was cancelled: no paid output exists
     AMBIGUOUS = "ambiguous"  # the submit's answer was lost: a paid job may exist
+    LOST = "lost"  # the API answers 404 for its request_id (expired, or mistyped by hand)
 
 
 class LedgerEntry(BaseModel):

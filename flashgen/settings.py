@@ -26,6 +26,8 @@
                             default none (https from public addresses only)
     FLASHGEN_TASK_RETRY_DELAY       first delay between Prefect task retries (doubles; 2 s)
     FLASHGEN_GALLERY_URL_TTL        seconds the gallery's presigned links work (default 7 days)
+    FLASHGEN_STORAGE_BREAKER        S3 refusals in a row (403, no bucket) after which a run
+                                    stops submitting (default 3)
     FLASHGEN_TESTING        "1" removes every sleep (tests only)
 
 Entry points (the CLI, flows) read the environment once with ``get_settings()`` and pass
@@ -40,8 +42,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flashgen.errors import AuthenticationError, InputError
@@ -72,7 +76,7 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("AWS_ENDPOINT_URL", "FLASHGEN_AWS_ENDPOINT_URL")
     )
     inbox_queue: str = "flashgen-inbox"
-    s3_sse: str | None = None
+    s3_sse: Literal["AES256", "aws:kms"] | None = None
     s3_kms_key_id: str | None = None
     api_concurrency: int = Field(4, ge=1)
     concurrency_limit: str = "runcomfy-api"
@@ -81,8 +85,8 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default_factory=lambda: Path(
         os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "flashgen")
     price_per_image: float | None = Field(None, ge=0)
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
-    max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES
+    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, gt=0)
+    max_video_bytes: int = Field(DEFAULT_MAX_VIDEO_BYTES, gt=0)
     job_deadline: float = Field(900.0, gt=0)
     # A cancelled batch waits this long for its running jobs to finish and be stored. A
     # process worker kills a cancelled run's process 30 s after its SIGTERM: keep it well
@@ -107,11 +111,58 @@ class Settings(BaseSettings):
     def networks_for_outputs(self) -> tuple[Network, ...]:
         return parse_networks(self.output_networks)
 
+    # Non-transient S3 refusals in a row (403, NoSuchBucket) after which a run stops
+    # paying for jobs whose results it could not keep (flashgen.tasks.context.StorageBreaker).
+    storage_breaker: int = Field(3, ge=1)
+
+    @field_validator("base_url", "aws_endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host, e.g. https://host:port")
+        return value
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``: what an error message should name.
+
+    >>> env_name("base_url"), env_name("max_image_bytes")
+    ('RUNCOMFY_BASE_URL', 'FLASHGEN_MAX_IMAGE_BYTES')
+    """
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"FLASHGEN_{field.upper()}"
+
+
+def settings_error(exc: ValidationError) -> InputError:
+    """One line naming the setting (its environment variable), what is allowed and what was
+    given; never the value of the token."""
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        name = env_name(field) if field in Settings.model_fields else field
+        given = "" if "token" in name.lower() else f" (got {error.get('input')!r:.80})"
+        problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}{given}")
+    return InputError("; ".join(problems), field=problems[0].split(":")[0] if problems else None)
+
 
 @lru_cache
 def get_settings() -> Settings:
-    """The process's settings, read once. Tests call ``get_settings.cache_clear()``."""
-    return Settings()
+    """The process's settings, read once. Tests call ``get_settings.cache_clear()``.
+
+    A setting out of its range (``FLASHGEN_MAX_IMAGE_BYTES=-1``, a TTL over 7 days, a base
+    URL that is not http(s)) raises ``InputError`` naming its environment variable, so the
+    CLI, the flows and the deployments all refuse it before the first paid request.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise settings_error(exc) from None
 
 
 class Token(SecretStr):

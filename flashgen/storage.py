@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import boto3
 from botocore.config import Config
@@ -411,7 +411,12 @@ class Store:
         """Upload a spooled JSONL manifest (``flashgen.manifest``), then its summary
         (with ``extra`` fields, e.g. the batch's ``spend``)."""
         s3_key = self.layout.manifest(batch_id)
-        self._put(s3_key, Path(path).read_bytes(), NDJSON)
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:  # streamed: a manifest may be larger than memory
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+            handle.seek(0)
+            self._put(s3_key, handle, NDJSON, digest=digest.digest())
         self._put_summary(batch_id, s3_key, counts, extra)
         return self.uri(s3_key)
 
@@ -445,16 +450,32 @@ class Store:
 
     def read_manifest(self, batch_id: str) -> list[ManifestRow]:
         """The rows of ``manifests/<batch_id>.jsonl``, in order."""
+        return list(self.iter_manifest(batch_id))
+
+    def iter_manifest(self, batch_id: str) -> Iterator[ManifestRow]:
+        """The rows of ``manifests/<batch_id>.jsonl``, streamed (a line at a time, in bounded
+        memory), with S3's checksum checked as the last byte is read."""
         s3_key = self.layout.manifest(batch_id)
-        rows = []
-        for number, line in enumerate(self.read_text(s3_key).splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(ManifestRow.model_validate_json(line))
-            except ValidationError as exc:
-                raise StorageError(f"{self.uri(s3_key)} line {number}: {exc}") from None
-        return rows
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=s3_key,
+                                      ChecksumMode="ENABLED")["Body"]
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error("GetObject", self.bucket, s3_key, exc) from exc
+        try:
+            for number, line in enumerate(body.iter_lines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield ManifestRow.model_validate_json(line)
+                except ValidationError as exc:
+                    raise StorageError(f"{self.uri(s3_key)} line {number}: {exc}") from None
+        except FlexibleChecksumError as exc:
+            raise StorageError(f"S3 GetObject {self.uri(s3_key)}: checksum mismatch ({exc})"
+                               ) from exc
+        except BotoCoreError as exc:
+            raise _storage_error("GetObject", self.bucket, s3_key, exc) from exc
+        finally:
+            body.close()
 
     def put_json(
         self, s3_key: str, obj: Any, *, if_none_match: bool = False, if_match: str | None = None
@@ -606,7 +627,7 @@ class Store:
     def _put(
         self,
         s3_key: str,
-        body: bytes,
+        body: bytes | BinaryIO,
         content_type: str,
         *,
         if_none_match: bool = False,
@@ -616,7 +637,8 @@ class Store:
     ) -> str | None:
         """PutObject with checksum and SSE; the new ETag, or None if a condition did not hold.
 
-        ``digest`` is the body's SHA-256 when the caller has it already.
+        ``digest`` is the body's SHA-256 when the caller has it already (required for a
+        file, which botocore then streams).
         """
         params: dict[str, Any] = {
             "Bucket": self.bucket,

@@ -1,7 +1,8 @@
 """Everything a finished batch publishes for people to look at: its gallery and catalog file.
 
-The flow calls ``publish_batch_views`` once, right after ``Store.put_manifest``, with the
-records it just wrote (so they are not read back)::
+The flow calls ``publish_batch_views`` once, right after ``Store.put_manifest``, with its
+manifest spool (streamed from disk, never held) and the records it just wrote (so they are
+not read back)::
 
     views = await asyncio.to_thread(
         publish_batch_views, store, batch_id, rows, records=records, settings=settings)
@@ -13,12 +14,12 @@ records it just wrote (so they are not read back)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import heapq
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 
 from pydantic import BaseModel
 
-from flashgen.batch_records import read_records
 from flashgen.catalog import write_catalog
 from flashgen.gallery import publish_gallery
 from flashgen.records import ImageRecord, ItemState, ManifestRow
@@ -50,7 +51,7 @@ class BatchViews(BaseModel):
 def publish_batch_views(
     store: Store,
     batch_id: str,
-    rows: list[ManifestRow],
+    rows: Iterable[ManifestRow],
     *,
     records: Mapping[str, ImageRecord] | None = None,
     settings: Settings,
@@ -58,15 +59,17 @@ def publish_batch_views(
 ) -> BatchViews:
     """Write the batch's catalog file and S3 gallery; synchronous (S3 through boto3).
 
-    ``records`` are those already in memory, keyed by metadata URI; the rest are read once
-    for both views. ``day`` (the catalog's ``dt``) defaults to the manifest's date.
+    ``rows`` must be re-iterable (a list, or the run's ``ManifestSpool``, which streams from
+    disk): each view reads them once, so memory stays bounded whatever the batch.
+    ``records`` are those already in memory, keyed by metadata URI; the others are read as
+    each view needs them. ``day`` (the catalog's ``dt``) defaults to the manifest's date.
     """
-    all_records = read_records(store, rows, records)
-    catalog_uri = write_catalog(store, batch_id, rows, all_records, day=day)
+    catalog_uri = write_catalog(store, batch_id, rows, records, day=day)
     ttl = settings.gallery_url_ttl
-    gallery = publish_gallery(store, batch_id, rows, all_records, expires_in=ttl)
-    first_stored = [row for row in rows
-                    if row.state == ItemState.STORED and row.image_uris][:PREVIEW_IMAGES]
+    gallery = publish_gallery(store, batch_id, rows, records, expires_in=ttl)
+    first_stored = heapq.nsmallest(
+        PREVIEW_IMAGES, (row for row in rows if row.state == ItemState.STORED and row.image_uris),
+        key=lambda row: row.line or 0)
     previews = [PreviewImage(line=row.line, image_uri=row.image_uris[0],
                              url=store.presign(row.image_uris[0], ttl)) for row in first_stored]
     return BatchViews(batch_id=batch_id, gallery_uri=gallery.uri, gallery_url=gallery.url,

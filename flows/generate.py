@@ -4,9 +4,9 @@
 
 1. every option is checked (``BatchOptions``); the run announces itself on the shared API
    limit (``flashgen.flows.slots.ApiSlots``), so other runs leave it its share while it plans; every
-   row is read and validated, streamed from the prompt file; the bucket is probed for
-   writes and the token tried with a request that costs nothing — all before the first
-   paid request;
+   row is read and validated, streamed from the prompt file; the settings are in range,
+   the state directory (the journal) and the bucket are probed for writes and the token
+   tried with a request that costs nothing — all before the first paid request;
 2. the ledger entry of every item is read (a bounded number at a time) to make the plan:
    what is stored, in flight, ambiguous, and what will be paid for; the plan is logged,
    published as an artifact and held against ``max_items`` / ``max_cost``; a dry run stops
@@ -14,8 +14,11 @@
 3. items stream through a bounded pool of workers; each job holds one slot of the shared
    API limit (``flashgen.flows.slots.ApiSlots``: fair between runs, one acquirer per run) from its
    submit until it is terminal, then is fetched and stored outside the slot;
-4. rows stream into the manifest spool, uploaded with its summary at the end, and the
-   batch's event and table artifact follow.
+   after ``FLASHGEN_STORAGE_BREAKER`` permanent S3 refusals in a row no new job is sent
+   (``flashgen.tasks.context.StorageBreaker``);
+4. rows stream into the manifest spool, uploaded with its summary at the end; the gallery
+   and catalog are built from the spool as streams, and the batch's event and table
+   artifact follow.
 
 A cancelled run (SIGTERM from its worker, Ctrl-C) stops as ``flashgen.stopping`` says: no
 new submits, queued jobs cancelled at the API, running ones given their grace; then step 4
@@ -52,6 +55,7 @@ from flashgen.errors import (
     DownloadError,
     InputError,
     NotFoundError,
+    StorageError,
 )
 from flashgen.failpoints import failpoint
 from flashgen.ledger import Action, Journal, Ledger
@@ -81,7 +85,7 @@ from flashgen.flows.progress import BatchProgress
 from flashgen.flows.slots import ApiSlots
 from flashgen.flows.summary import BatchSummary, artifact_key, emit_batch_event, publish_table
 from flashgen.flows.views import publish_view_artifacts
-from flashgen.tasks.context import BatchContext, SubmitBudget, prefect_run_over
+from flashgen.tasks.context import BatchContext, StorageBreaker, SubmitBudget, prefect_run_over
 from flashgen.tasks.generation import Steps, forget
 
 SUBMIT_RATE_LIMIT = "runcomfy-submit"
@@ -261,10 +265,18 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
                     manifest.add(row)
                 records: dict[str, ImageRecord] = {}
                 await _run_items(ctx, plan, stored, manifest, records, slots, rerun)
+                halted = ctx.breaker.reason
         spend = manifest.spend.model_copy(update={"planned_usd": run_plan.estimated_cost})
-        manifest_uri = await asyncio.to_thread(
-            store.put_manifest_file, batch_id, manifest.close(), dict(manifest.counts),
-            {"spend": spend.model_dump()})
+        try:
+            manifest_uri = await asyncio.to_thread(
+                store.put_manifest_file, batch_id, manifest.close(), dict(manifest.counts),
+                {"spend": spend.model_dump()})
+        except StorageError as exc:
+            if not halted:
+                raise
+            raise StorageError(f"{halted}; the manifest was not written either ({exc}); every "
+                               "paid job's request_id is in the ledger or the journal, and a "
+                               "rerun once S3 works resumes them") from None
         failpoint("manifest")
         views = await _publish_views(store, batch_id, manifest, records, settings)
     flow_run_id = runtime_flow_run.get_id()
@@ -272,7 +284,7 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
         batch_id, manifest, manifest_uri=manifest_uri, flow_run_id=flow_run_id,
         flow_run_url=url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None,
         deployment=runtime_deployment.name, max_failure_ratio=options.max_failure_ratio,
-        plan=run_plan, gallery_url=views.gallery_url if views else None,
+        plan=run_plan, halted=halted, gallery_url=views.gallery_url if views else None,
         catalog_uri=views.catalog_uri if views else None, spend=spend, stopped=stop.reason)
     log.info("%s; manifest %s", summary.describe(), manifest_uri)
     await publish_table(summary, summary.rows)
@@ -296,6 +308,9 @@ async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
     if note := unchecked_model_note(options.model_id):
         log.warning(note)
     _report_rows(plan, options.strict)
+    # What the run needs once it has paid: somewhere to keep request_ids (the journal) and
+    # the bucket. Found out afterwards, a paid job could be lost (flashgen.preflight).
+    await asyncio.to_thread(Journal(settings.state_dir, scope=store.uri(store.prefix)).probe)
     await asyncio.to_thread(store.check_writable)
     counts, stored = await asyncio.to_thread(
         census, store, _items(plan, rerun), force=options.force,
@@ -327,17 +342,17 @@ def _context(options: BatchOptions, settings: Settings, store: Store, client: Ru
         deployment=runtime_deployment.name, force=options.force,
         resubmit_ambiguous=options.resubmit_ambiguous,
         budget=SubmitBudget(run_plan.submission_cap(max_items=options.max_items,
-                                                    max_cost=options.max_cost)), stop=stop)
+                                                    max_cost=options.max_cost)), stop=stop,
+        breaker=StorageBreaker(settings.storage_breaker))
 
 
 async def _publish_views(store: Store, batch_id: str, manifest: ManifestSpool,
                          records: dict[str, ImageRecord], settings: Settings) -> BatchViews | None:
     """The batch's gallery, catalog file and artifacts; their failure never fails the batch."""
-    try:
-        rows = manifest.read_all()
-        views = await asyncio.to_thread(publish_batch_views, store, batch_id, rows,
+    try:  # the rows stream from the spool on disk: bounded memory whatever the batch
+        views = await asyncio.to_thread(publish_batch_views, store, batch_id, manifest,
                                         records=records, settings=settings)
-        await publish_view_artifacts(views, rows, records)
+        await publish_view_artifacts(views, manifest, records)
         return views
     except Exception as exc:  # the images and manifest are safe; the views can be rebuilt
         get_run_logger().warning("batch %s: gallery or catalog not written (%s); "
@@ -466,6 +481,7 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
                 got, _ = await ctx.stop.first(rate_limit(SUBMIT_RATE_LIMIT))
             if not got or ctx.stop.requested:
                 return _not_sent(ctx, item)
+            ctx.breaker.check()  # S3 refuses for good: pay for nothing it cannot keep
             sent = await steps.submit(ctx, item)
             if sent.action == Action.SKIP:
                 return _done(row, began, ItemState.SKIPPED, sent.reason,
@@ -488,10 +504,12 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
         stored = await steps.store(ctx, item, sent.request_id, files, timings, finished.polls,
                                    sent.attempts)
         records.update(zip(stored.record_uris, stored.records, strict=True))
+        ctx.breaker.record(None)
         return _done(row, began, ItemState.STORED, None, image_uris=stored.image_uris,
                      metadata_uri=stored.record_uris[0] if stored.record_uris else None,
                      cost=stored.records[0].cost if stored.records else None)
     except Exception as exc:  # one item's failure is recorded, never the batch's end
+        ctx.breaker.record(exc)
         log.error("line %s failed: %s", item.line, exc)
         return _done(row, began, ItemState.FAILED, f"{type(exc).__name__}: {exc}")
     finally:

@@ -36,10 +36,11 @@ class BatchSummary(BatchOutcome):
         counts = (f"{self.stored} stored, {self.skipped} skipped, {self.failed} failed, "
                   f"{self.invalid} invalid")
         spend = f"; {self.spend.line()}" if self.spend else ""
+        halted = f"; stopped paying: {self.halted}" if self.halted else ""
         if self.stopped:
             return (f"batch {self.batch_id} cancelled ({self.stopped}): {counts}, "
                     f"{self.cancelled} cancelled of {self.total}{spend}")
-        return f"batch {self.batch_id}: {counts} of {self.total}{spend}"
+        return f"batch {self.batch_id}: {counts} of {self.total}{halted}{spend}"
 
     @classmethod
     def from_spool(cls, batch_id: str, spool: ManifestSpool, **fields) -> BatchSummary:

@@ -10,7 +10,8 @@ The links are presigned, so they stop working at ``views.expires_at``;
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Iterable, Mapping
 
 from prefect.artifacts import acreate_image_artifact, acreate_link_artifact
 
@@ -21,7 +22,7 @@ from flashgen.flows.summary import artifact_key
 
 async def publish_view_artifacts(
     views: BatchViews,
-    rows: list[ManifestRow],
+    rows: Iterable[ManifestRow],
     records: Mapping[str, ImageRecord] | None = None,
 ) -> None:
     """A link artifact to the gallery, and an image artifact for each preview image."""
@@ -33,7 +34,11 @@ async def publish_view_artifacts(
                      f"and every failure with its reason. The link works until {until}; "
                      f"`flashgen gallery {views.batch_id}` makes a fresh one.\n\n"
                      f"Catalog: {views.catalog_uri}"))
-    by_image = {uri: row for row in rows for uri in row.image_uris}
+    wanted = {preview.image_uri for preview in views.previews}
+    # One pass over a stream that may be long (the run's spool): in a thread, keeping the
+    # few rows the previews show.
+    by_image = await asyncio.to_thread(
+        lambda: {uri: row for row in rows for uri in row.image_uris if uri in wanted})
     for number, preview in enumerate(views.previews, start=1):
         await acreate_image_artifact(
             image_url=preview.url, key=artifact_key("gallery", f"{views.batch_id}-image-{number}"),

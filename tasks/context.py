@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flashgen.client import RunComfyClient
-from flashgen.errors import AccountError, BudgetError
+from flashgen.errors import AccountError, BudgetError, StorageError
 from flashgen.ledger import Ledger
 from flashgen.records import LedgerEntry
 from flashgen.settings import Settings
@@ -52,6 +52,48 @@ class SubmitBudget:
 
 
 @dataclass
+class StorageBreaker:
+    """Stops a run paying for jobs whose results it cannot keep.
+
+    S3 refusing writes for good (403 after an expired role or a policy change, 404 for a
+    bucket that is gone) fails every item after its job is paid. After ``limit`` such
+    failures in a row (a stored item resets the count; transient errors, which botocore and
+    the tasks retry, do not count) the run sends no new job: what is in flight ends with
+    its request_id in the ledger or the journal, and the run ends Failed saying why.
+
+        >>> breaker = StorageBreaker(limit=1)
+        >>> breaker.record(StorageError("S3 PutObject: AccessDenied (403)"))
+        >>> breaker.reason.split(" (")[0]
+        'storage: 1 S3 request(s) refused in a row, not transient'
+    """
+
+    limit: int = 3
+    failures: int = 0
+    last: str | None = None
+
+    def record(self, exc: BaseException | None) -> None:
+        """One item's outcome: ``None`` stored (resets), a permanent StorageError counts."""
+        if exc is None:
+            self.failures = 0
+        elif isinstance(exc, StorageError) and not exc.transient and self.reason is None:
+            self.failures += 1
+            self.last = str(exc)
+
+    @property
+    def reason(self) -> str | None:
+        """Why the run stopped submitting, once it has; else None."""
+        if self.failures < self.limit:
+            return None
+        return (f"storage: {self.failures} S3 request(s) refused in a row, not transient "
+                f"(last: {self.last}); no new job sent")
+
+    def check(self) -> None:
+        """Before a submit: ``StorageError`` (permanent) once the breaker is open."""
+        if self.reason:
+            raise StorageError(f"not sent: {self.reason}")
+
+
+@dataclass
 class BatchContext:
     client: RunComfyClient
     store: Store
@@ -65,6 +107,7 @@ class BatchContext:
     resubmit_ambiguous: bool = False
     budget: SubmitBudget = field(default_factory=SubmitBudget)
     stop: BatchStop = field(default_factory=lambda: BatchStop(grace=0))  # see flashgen.stopping
+    breaker: StorageBreaker = field(default_factory=StorageBreaker)
 
 
 def prefect_run_over(entry: LedgerEntry) -> bool:

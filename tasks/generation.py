@@ -22,10 +22,10 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from prefect import Task, task
+from prefect import Task, get_run_logger, task
 from prefect.context import FlowRunContext
 from prefect.utilities.collections import visit_collection
 from pydantic import BaseModel
@@ -40,6 +40,9 @@ from flashgen.errors import (
     JobCancelledError,
     JobDeadlineError,
     JobError,
+    JobLostError,
+    NotFoundError,
+    StorageError,
 )
 from flashgen.ledger import WAIT_FOR_SENDER, Action, ItemRef
 from flashgen.models import CancelOutcome, JobState
@@ -137,7 +140,16 @@ async def submit(ctx: BatchContext, item: Item) -> Submission:
         raise
     # Anything else (a cancel, a timeout mid-POST) leaves 'sending' for its lease to settle.
     failpoint("sending")
-    await asyncio.to_thread(ledger.record_submitted, ref, handle.request_id, before + 1)
+    try:
+        await asyncio.to_thread(ledger.record_submitted, ref, handle.request_id, before + 1)
+    except StorageError:
+        # The run's log is the last durable place: the journal (or this process) has it
+        # for the retry, but an operator must be able to find it whatever happens next.
+        get_run_logger().error(
+            "line %s: paid job %s is not in the ledger yet (S3 failed); a retry or rerun "
+            "adopts it from the journal, or: flashgen ledger resolve %s --request-id %s",
+            item.line, handle.request_id, item.fingerprint, handle.request_id)
+        raise
     failpoint("submitted")
     return Submission(action=Action.SEND, request_id=handle.request_id, attempts=before + 1,
                       submitted_at=submitted_at)
@@ -175,6 +187,8 @@ async def wait(ctx: BatchContext, item: Item, request_id: str, attempts: int) ->
     except JobError as exc:
         await asyncio.to_thread(ctx.ledger.record_failed, ref, request_id, str(exc), attempts)
         raise
+    except NotFoundError as exc:
+        await _lost(ctx, item, request_id, exc, attempts)
     return JobFinished(polls=polls, started_at=started_at, completed_at=_now())
 
 
@@ -200,6 +214,20 @@ async def _stop_job(ctx: BatchContext, ref: ItemRef, request_id: str, attempts: 
     return None
 
 
+async def _lost(ctx: BatchContext, item: Item, request_id: str, exc: NotFoundError,
+                attempts: int | None) -> NoReturn:
+    """The API answers 404 for a request_id it gave (its job expired, or the id was typed by
+    hand): record it ``lost`` with why, so it is no longer polled forever (flashgen.ledger)."""
+    if attempts is None:
+        entry = await asyncio.to_thread(ctx.store.read_ledger, item.fingerprint)
+        attempts = entry[0].attempts if entry else 1
+    reason = (f"the API does not know request_id {request_id} ({exc.message}): its job "
+              "expired or the id is wrong")
+    await asyncio.to_thread(ctx.ledger.record_lost, item_ref(ctx, item), request_id, reason,
+                            attempts)
+    raise JobLostError(f"lost: {reason}", request_id=request_id) from None
+
+
 @task(name="fetch", task_run_name="fetch-line-{item.line}", **task_options())
 async def fetch(ctx: BatchContext, item: Item, request_id: str) -> list[FetchedFile]:
     """Download every output (no token sent), decode it fully, spool it.
@@ -208,8 +236,12 @@ async def fetch(ctx: BatchContext, item: Item, request_id: str) -> list[FetchedF
     request_id (the job is paid; it is never resubmitted).
     """
     fetched = []
-    result = await ctx.client.result(request_id, include_cost=True)
-    for index, download in enumerate(await ctx.client.fetch_outputs(request_id, result)):
+    try:
+        result = await ctx.client.result(request_id, include_cost=True)
+        downloads = await ctx.client.fetch_outputs(request_id, result)
+    except NotFoundError as exc:
+        await _lost(ctx, item, request_id, exc, None)
+    for index, download in enumerate(downloads):
         size = verify_output(download.content, download.content_type, request_id=request_id)
         path = Path(ctx.spool) / f"{request_id}-{index}"
         await asyncio.to_thread(path.write_bytes, download.content)

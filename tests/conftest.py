@@ -157,3 +157,13 @@ def module_bucket(name: str):
         return s3_http
 
     return bucket
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The fault campaign's figures (schedules, runs, invariants checked), when it ran."""
+    from tests.faults.campaign import CAMPAIGN
+
+    tally = config.stash.get(CAMPAIGN, None)
+    if tally is not None:
+        terminalreporter.write_sep("-", "fault campaign")
+        terminalreporter.write_line(tally.line())

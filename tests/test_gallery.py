@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from flashgen.cli import app
 from flashgen.errors import InputError
 from flashgen.gallery import publish_gallery, render_gallery, write_local_gallery
-from flashgen.records import ItemState
+from flashgen.records import ItemState, ManifestRow
 from flashgen.settings import Settings, get_settings
 from flashgen.storage import Layout, Store
 from flashgen.views import publish_batch_views
@@ -78,6 +78,35 @@ def test_a_huge_batch_lists_every_row_but_embeds_only_the_first_images(store):
     assert with_image[2] in parsed.links  # still listed, as a link
     assert "embeds at most 2 images" in page
     assert "The first 2 of 3 are shown as pictures" in page
+
+
+def test_the_page_is_bounded_whatever_the_batch_and_points_to_the_manifest(store):
+    """50,000 invalid rows beside a small batch, streamed (never a list): every count is
+    right, the first rows without an image are shown by line, the rest point to the
+    manifest, and the page stays small."""
+    batch = write_batch(store, "b-huge", WHEN)
+    extra = 50_000
+
+    def rows():  # in completion order: the invalid rows after the others, highest line first
+        yield from batch.rows
+        for n in range(extra):
+            yield ManifestRow(line=100_000 - n, state=ItemState.INVALID, prompt=f"fox {n}",
+                              reason=INVALID_REASON)
+
+    page = render_gallery(batch.batch_id, rows(), batch.records, link=lambda uri: uri,
+                          manifest=("s3://b/manifests/b-huge.jsonl", "https://get/m"))
+    assert len(page.encode()) < 400_000, len(page)
+    invalid = batch.count(ItemState.INVALID) + extra
+    chip = re.search('data-state="invalid">(.*?)</li>', page)[1]
+    assert re.sub("<[^>]+>", "", chip) == f"{invalid:,} invalid"
+    without_image = [row for row in batch.rows if not row.image_uris]
+    shown = re.findall(r'<article class="issue \w+">.*?<span>line (\d+)</span>', page)
+    assert len(shown) == 200  # MAX_LISTED_ISSUES, the lowest lines first
+    assert [int(line) for line in shown] == sorted(
+        [r.line for r in without_image] + list(range(100_000 - extra + 1, 100_001)))[:200]
+    assert f"{len(without_image) + extra - 200:,} more rows not on this page" in page
+    assert '<a href="https://get/m">s3://b/manifests/b-huge.jsonl</a>' in page
+    assert _Page(page).images == [row.image_uris[0] for row in batch.rows if row.image_uris]
 
 
 # --- in S3 -----------------------------------------------------------------------------

@@ -74,6 +74,10 @@ CASES = {
     "sending, journal knows": (
         LedgerState.SENDING, {"owner": LIVE_OTHER, "lease_until": NOW + 30}, "r7", False, False,
         Action.RESUME, "r7"),
+    "lost": (LedgerState.LOST, {"request_id": "r1", "error": "404"}, None, False, False,
+             Action.AMBIGUOUS, "r1"),
+    "lost, resubmit asked": (LedgerState.LOST, {"request_id": "r1", "error": "404"}, None,
+                             False, True, Action.SEND, None),
     "legacy claimed, expired": (
         LedgerState.CLAIMED, {"owner": REMOTE, "lease_until": NOW - 1}, None, False, False,
         Action.AMBIGUOUS, None),
@@ -171,6 +175,61 @@ def test_resolve_adopts_a_request_or_releases_the_item(ledger, store):
     with pytest.raises(InputError, match="not ambiguous"):
         _put(store, LedgerState.STORED)
         ledger.resolve(ITEM.fingerprint, retry=True)
+
+
+def test_a_request_id_the_api_does_not_know_has_a_way_out(ledger, store):
+    """Submitted with a request_id the API answers 404 for (expired, or mistyped by hand in
+    ``resolve --request-id``): recorded lost with its reason, then released or re-adopted."""
+    _put(store, LedgerState.AMBIGUOUS, error="answer lost")
+    ledger.resolve(ITEM.fingerprint, request_id="typo-1")  # mistyped by hand
+    assert ledger.decide(ITEM).request_id == "typo-1"  # the next run polls it: 404
+    ledger.record_lost(ITEM, "typo-1", "the API does not know request_id typo-1", attempts=1)
+    entry, _ = store.read_ledger(ITEM.fingerprint)
+    assert (entry.state, entry.request_id) == (LedgerState.LOST, "typo-1")
+    kept = ledger.decide(ITEM)  # a plain rerun reports it, never polls or pays for it again
+    assert kept.action == Action.AMBIGUOUS and "lost" in kept.reason and "--retry" in kept.reason
+    # A typo is corrected by adopting the right request; a lost job released to be sent.
+    assert ledger.resolve(ITEM.fingerprint, request_id="right-1").state == LedgerState.SUBMITTED
+    assert ledger.decide(ITEM).request_id == "right-1"
+    assert ledger.resolve(ITEM.fingerprint, request_id="right-2").request_id == "right-2"
+    with pytest.raises(InputError, match="in flight"):
+        ledger.resolve(ITEM.fingerprint, retry=True)  # submitted: a rerun settles it first
+    ledger.record_lost(ITEM, "right-2", "expired", attempts=1)
+    assert ledger.resolve(ITEM.fingerprint, retry=True).state == LedgerState.FAILED
+    assert ledger.decide(ITEM).action == Action.SEND
+
+
+def test_a_request_id_reaches_durable_storage_when_the_journal_cannot_be_written(
+        store, tmp_path):
+    """The state dir failed after the preflight: the ledger in S3 still gets the request_id."""
+    (tmp_path / "file").write_text("in the way")
+    ledger = Ledger(store, Journal(tmp_path / "file" / "state", scope="x"), clock=lambda: NOW)
+    assert ledger.decide(ITEM).action == Action.SEND
+    ledger.record_submitted(ITEM, "r1", attempts=1)
+    entry, _ = store.read_ledger(ITEM.fingerprint)
+    assert (entry.state, entry.request_id) == (LedgerState.SUBMITTED, "r1")
+
+
+def test_a_request_id_neither_journal_nor_s3_took_is_kept_in_memory_and_logged(
+        store, tmp_path, caplog):
+    (tmp_path / "file").write_text("in the way")
+    flaky = FlakyWrites(store, failures=1)
+    ledger = Ledger(flaky, Journal(tmp_path / "file" / "state", scope="x"), clock=lambda: NOW)
+    assert ledger.decide(ITEM).action == Action.SEND
+    with pytest.raises(StorageError):
+        ledger.record_submitted(ITEM, "r1", attempts=1)
+    assert "r1" in caplog.text and "--request-id r1" in caplog.text  # the log: last resort
+    retried = ledger.decide(ITEM)  # the submit task's retry, S3 back: adopted, not resent
+    assert (retried.action, retried.request_id) == (Action.RESUME, "r1")
+
+
+def test_the_journal_probe_names_the_state_dir(tmp_path):
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(InputError, match="FLASHGEN_STATE_DIR") as caught:
+        Journal(tmp_path / "file" / "state", scope="x").probe()
+    assert caught.value.field == "FLASHGEN_STATE_DIR"
+    Journal(tmp_path / "ok", scope="x").probe()
+    assert list((tmp_path / "ok").rglob("*probe*")) == []  # the probe is removed
 
 
 def test_entries_filter_by_state_and_batch(ledger, store):

@@ -95,27 +95,35 @@ class FaultStack:
                 unsent_ambiguous += 1
         assert unsent_ambiguous <= killed_claims, \
             f"{unsent_ambiguous} item(s) ambiguous but never sent"
-        for key in self.keys("metadata/"):
-            record = ImageRecord.model_validate_json(self.read(key))
-            data = self.read(record.image_uri.split("/", 3)[3])
-            assert hashlib.sha256(data).hexdigest() == record.sha256
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()  # every stored image decodes, to the last pixel
-                assert image.size == (record.width, record.height)
+        self.check_stored_objects()
         self.assert_token_nowhere(token)
         counts: dict[str, int] = {}
         for row in rows:
             counts[row.state.value] = counts.get(row.state.value, 0) + 1
         return counts
 
+    def check_stored_objects(self) -> None:
+        """Every stored image decodes, to the last pixel, and matches its record's SHA-256."""
+        for key in self.keys("metadata/"):
+            record = ImageRecord.model_validate_json(self.read(key))
+            data = self.read(record.image_uri.split("/", 3)[3])
+            assert hashlib.sha256(data).hexdigest() == record.sha256, record.image_uri
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                assert image.size == (record.width, record.height), record.image_uri
+
     def assert_token_nowhere(self, token: str = TOKEN) -> None:
         """No form of the token (escaped, quoted, base64, …) in S3 (Parquet decoded), the
-        commands' output or Prefect's database (logs, states, events)."""
+        state dir, the commands' output or Prefect's database (logs, states, events)."""
         forms = token_forms(token)
 
         def holds(data: bytes) -> bool:
             return any(form.encode() in data for form in forms)
 
+        state = Path(self.env["FLASHGEN_STATE_DIR"])
+        for path in state.rglob("*") if state.is_dir() else ():
+            if path.is_file():
+                assert not holds(path.read_bytes()), f"the token is in {path}"
         for key in self.keys():
             data = self.read(key)
             if key.endswith(".parquet"):  # compressed: look at its values
@@ -147,5 +155,6 @@ def fault_stack(prefect_api, fault_s3, request, tmp_path):
                          s3=s3_client(fault_s3.url),
                          env=env, prefix=prefix, prefect_home=Path(prefect_api["PREFECT_HOME"]),
                          workdir=tmp_path)
+
 
 

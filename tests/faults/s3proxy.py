@@ -6,6 +6,7 @@ proxy leaves moto running and breaks the path to it instead::
     with S3FaultProxy(moto_url) as proxy:          # point AWS_ENDPOINT_URL at proxy.url
         proxy.outage_after(r"/ledger/", b'"state":"submitted"', seconds=11)
         proxy.slow_down(r"^PUT ", times=12, every=2)  # 503 SlowDown, as S3 throttles
+        proxy.refuse(r"^PUT .*/images/")              # 403 AccessDenied: a policy says no
 
 An outage drops every connection without an answer (botocore sees the connection closed,
 as when S3 refuses connections) from the first matching request until ``seconds`` later.
@@ -21,19 +22,26 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-             b"<Message>Please reduce your request rate.</Message></Error>")
+
+
+def _error(code: str) -> bytes:
+    """An S3 error body, as botocore parses it into ``ClientError``'s code."""
+    return (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            f"<Message>{code} (from the fault proxy)</Message></Error>").encode()
 
 
 @dataclass
 class _Rule:
     pattern: re.Pattern[str]  # matched against "METHOD /path"
     body: bytes | None  # and, when set, a substring of the request body
-    kind: str  # "outage" or "slowdown"
+    kind: str  # "outage", "slowdown" or "refuse"
     seconds: float = 0.0
     times: int = 0
     every: int = 1
     seen: int = 0
+    status: int = 503
+    code: str = "SlowDown"
+    armed_by: tuple[re.Pattern[str], bytes | None] | None = None  # inactive until seen
 
 
 class S3FaultProxy:
@@ -45,6 +53,7 @@ class S3FaultProxy:
         self._lock = threading.Lock()
         self.dropped = 0
         self.throttled = 0
+        self.refused = 0
         self.outages = 0
         proxy = self
 
@@ -61,8 +70,9 @@ class S3FaultProxy:
                     self.close_connection = True
                     self.connection.close()
                     return
-                if verdict == "slowdown":
-                    self._answer(503, SLOW_DOWN, {"Content-Type": "application/xml"})
+                if isinstance(verdict, _Rule):
+                    self._answer(verdict.status, _error(verdict.code),
+                                 {"Content-Type": "application/xml"})
                     return
                 status, headers, payload = proxy._forward(self.command, self.path,
                                                           dict(self.headers), body)
@@ -119,10 +129,31 @@ class S3FaultProxy:
             self._rules.append(_Rule(re.compile(pattern), None, "slowdown", times=times,
                                      every=every))
 
-    def _verdict(self, line: str, body: bytes) -> str | None:
+    def refuse(self, pattern: str, *, status: int = 403, code: str = "AccessDenied",
+               after: str | None = None, after_body: bytes | None = None) -> None:
+        """Answer every matching request ``status`` with S3 error ``code``, until cleared
+        (an expired role or a policy change: 403; a deleted bucket: 404 NoSuchBucket);
+        with ``after``, only once a request matching it (and ``after_body``) has passed."""
+        armed_by = (re.compile(after), after_body) if after else None
+        with self._lock:
+            self._rules.append(_Rule(re.compile(pattern), None, "refuse", status=status,
+                                     code=code, armed_by=armed_by))
+
+    def clear(self) -> None:
+        """Every rule and outage gone: S3 works again."""
+        with self._lock:
+            self._rules.clear()
+            self._outage_until = 0.0
+
+    def _verdict(self, line: str, body: bytes) -> str | _Rule | None:
         with self._lock:
             now = time.monotonic()
             for rule in list(self._rules):
+                if rule.armed_by is not None:
+                    armed, armed_body = rule.armed_by
+                    if armed.search(line) and (not armed_body or armed_body in body):
+                        rule.armed_by = None  # from the next request on
+                    continue
                 if not rule.pattern.search(line) or (rule.body and rule.body not in body):
                     continue
                 if rule.kind == "outage":
@@ -137,7 +168,10 @@ class S3FaultProxy:
                     if rule.times <= 0:
                         self._rules.remove(rule)
                     self.throttled += 1
-                    return "slowdown"
+                    return rule
+                elif rule.kind == "refuse":
+                    self.refused += 1
+                    return rule
             if now < self._outage_until:
                 self.dropped += 1
                 return "drop"

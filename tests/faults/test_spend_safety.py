@@ -76,3 +76,32 @@ def test_two_runs_of_one_batch_pay_once(fault_stack):
         counts = fault_stack.check(f"twin-{n}", inputs=8)
         assert counts.get("stored", 0) + counts.get("skipped", 0) == 8
     assert fault_stack.api.stats()["submissions"] == 8
+
+
+@pytest.mark.parametrize("refusal", [
+    pytest.param((r"^PUT .*/images/", 403, "AccessDenied"), id="images-403"),
+    pytest.param((r"^(PUT|GET|HEAD) ", 404, "NoSuchBucket"), id="bucket-gone-404"),
+])
+def test_storage_refusing_writes_stops_the_run_paying(fault_stack, refusal):
+    """S3 refuses for good once the run has started (a policy change, a deleted bucket):
+    after FLASHGEN_STORAGE_BREAKER refusals in a row no new job is sent, the jobs in flight
+    keep their request_ids, and the run ends Failed saying why. S3 back, a rerun stores
+    every image, paying only for what was never sent."""
+    pattern, status, code = refusal
+    source = fault_stack.prompts(10)
+    # Refused once the first request_id is in the ledger: after the preflight, which would
+    # have refused to start (exit 2) had S3 said no then.
+    fault_stack.proxy.refuse(pattern, status=status, code=code, after=r"^PUT .*/ledger/",
+                             after_body=b'"state":"submitted"')
+    done = fault_stack.batch(source, "--batch-id", "refused", "--concurrency", "1",
+                             FLASHGEN_STORAGE_BREAKER="2")
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said[-3000:]
+    assert "refused in a row" in said and code in said, said[-3000:]
+    paid = fault_stack.api.stats()["submissions"]
+    assert paid <= 2 + 1, paid  # the breaker's 2, plus the one job in flight when it opened
+    fault_stack.proxy.clear()
+    rerun = fault_stack.batch(source, "--batch-id", "refused-rerun")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert fault_stack.check("refused-rerun", inputs=10) == {"stored": 10}
+    assert fault_stack.api.stats()["submissions"] == 10  # each paid once, across both runs

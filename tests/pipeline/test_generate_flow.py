@@ -93,6 +93,31 @@ async def test_known_request_id_is_resumed_not_resubmitted(pipeline, emulator):
     assert emulator.stats()["submissions"] == 1
 
 
+async def test_a_request_id_the_api_does_not_know_is_lost_then_released(pipeline, emulator,
+                                                                      tmp_path):
+    """Expired at the API, or mistyped by hand: recorded lost (not polled forever, not
+    resent); `ledger resolve --retry` releases it and the next run pays for it once."""
+    from flashgen.ledger import Journal, Ledger
+
+    inputs = validate_inputs(DEFAULT_MODEL, {"prompt": PROMPTS[0]})
+    key = fingerprint(DEFAULT_MODEL, inputs)
+    pipeline.write_ledger(LedgerEntry(fingerprint=key, model=DEFAULT_MODEL, inputs=inputs,
+                                      state=LedgerState.SUBMITTED, owner="dead-run",
+                                      request_id="expired-0000", attempts=1))
+    state, summary = await _run(prompts=PROMPTS[:1])
+    assert state.is_failed() and "lost" in summary.rows[0].reason
+    entry, _ = pipeline.read_ledger(key)
+    assert (entry.state, entry.request_id) == (LedgerState.LOST, "expired-0000")
+    assert "expired-0000" in entry.error
+    state, summary = await _run(prompts=PROMPTS[:1], force=True)  # not even --force pays
+    assert state.is_failed() and "resolve" in summary.rows[0].reason
+    assert emulator.stats()["submissions"] == 0
+    Ledger(pipeline, Journal(tmp_path, scope="x")).resolve(key, retry=True)
+    state, summary = await _run(prompts=PROMPTS[:1])
+    assert state.is_completed() and summary.stored == 1
+    assert emulator.stats()["submissions"] == 1
+
+
 @pytest.mark.parametrize("emulator_config", [EmulatorConfig(
     workers=4, job_time=0.1, tokens=[TOKEN], faults=["submit:lost-answer:1.0"])])
 async def test_ambiguous_submission_is_recorded_and_not_resent(pipeline, emulator):
