@@ -2,7 +2,8 @@
 
 ``FLASHGEN_FAILPOINT=NAME[:N]`` kills the process, as an OOM killer or a pulled plug would,
 the N-th time (default the first) any task passes the boundary ``NAME``. Unset (always, in
-production) a failpoint costs one dictionary lookup. The boundaries, in a job's order:
+production) a failpoint costs one dictionary lookup. A batch's boundaries (``POINTS``), in a
+job's order, then the listener's (``LISTENER_POINTS``):
 
     claim      before the ledger is asked about the item
     sending    the API answered the submit; its request_id is not yet recorded anywhere
@@ -20,7 +21,8 @@ import os
 import signal
 from collections import Counter
 
-POINTS = ("claim", "sending", "submitted", "waiting", "fetched", "stored", "manifest", "announced")
+POINTS = ("claim", "sending", "submitted", "waiting", "fetched", "stored", "manifest")
+LISTENER_POINTS = ("announced",)
 _passed: Counter[str] = Counter()
 
 

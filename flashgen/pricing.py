@@ -18,7 +18,7 @@ import logging
 
 from pydantic import BaseModel
 
-from flashgen.errors import ApiError, InputError, NotFoundError
+from flashgen.errors import ApiError, AuthenticationError, InputError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ async def price_for(client, model_id: str, *, override: float | None = None) -> 
     except NotFoundError as exc:
         raise InputError(f"model_id: {model_id!r} is not in the API's model catalog "
                          f"({exc.message})", field="model_id") from None
+    except AuthenticationError:
+        raise  # a bad token is refused as such, once (not a missing catalog)
     except ApiError as exc:  # no catalog here (an older API), or it is down: fall back
         log.warning("model catalog unavailable: %s", exc)
         if override is not None:

@@ -244,13 +244,13 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
         async with _api_slots(settings, options) as slots:
             token = await resolve_token(settings)
             async with RunComfyClient.from_settings(settings, token) as client:
+                await _check_token(client)
                 # The catalog's price (an unknown model is refused here, before any cost).
                 price = await price_for(client, options.model_id,
                                         override=settings.price_per_image)
                 plan, run_plan, stored = await _make_plan(options, settings, store, rows,
                                                           Path(workdir), batch_id, run_date,
                                                           price, rerun)
-                await _check_token(client)
                 if options.dry_run:
                     return BatchSummary(batch_id=batch_id, plan=run_plan, dry_run=True,
                                         flow_run_id=runtime_flow_run.get_id())

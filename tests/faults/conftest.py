@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,11 @@ from flashgen.records import ImageRecord, ItemState, ManifestRow
 from flashgen.scrub import token_forms
 from tests.conftest import FLASHGEN, module_bucket, s3_client
 from tests.faults.s3proxy import S3FaultProxy
+
+# Runs a command and prints its peak RSS (KiB): the child's alone, whatever ran before.
+PEAK_RSS = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+            "sys.exit(done.returncode)")
 
 TOKEN = "fault-token-9f8e7d6c5b4a3921"
 BUCKET = "flashgen-faults"
@@ -53,6 +59,17 @@ class FaultStack:
                               text=True, timeout=timeout, cwd=self.workdir)
         self.outputs += [done.stdout, done.stderr]
         return done
+
+    def measured_batch(self, *args: str, timeout: float = 300
+                       ) -> tuple[subprocess.CompletedProcess, float]:
+        """Run `flashgen batch ARGS`; also its peak RSS in MB, its own whatever ran before
+        (``RUSAGE_CHILDREN`` read in a wrapper process that ran only it)."""
+        done = subprocess.run([sys.executable, "-c", PEAK_RSS, *FLASHGEN, "batch", *args],
+                              env=self.env, capture_output=True, text=True, timeout=timeout,
+                              cwd=self.workdir)
+        self.outputs += [done.stdout, done.stderr]
+        lines = done.stdout.strip().splitlines()
+        return done, int(lines[-1]) / 1024 if lines and lines[-1].isdigit() else float("nan")
 
     def prompts(self, n: int, name: str = "prompts.csv") -> str:
         path = self.workdir / name

@@ -6,20 +6,13 @@ table."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import FLASHGEN
 
 pytestmark = pytest.mark.slow
 
 INVALID_ROWS = 400_000
-# Runs a command and prints its peak RSS (KiB): the child's alone, whatever ran before.
-PEAK_RSS = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
-            "sys.exit(done.returncode)")
 
 
 @pytest.mark.timeout(1800)  # planning 400,000 rows takes minutes on a busy 2-core machine
@@ -29,14 +22,9 @@ def test_a_real_run_over_400k_invalid_rows_stays_small(fault_stack):
         out.write("prompt,aspect_ratio\n")
         out.writelines(f"a fox number {n},7:3\n" for n in range(INVALID_ROWS))
         out.write("one good fox,16:9\n")
-    done = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS, *FLASHGEN, "batch", str(source), "--batch-id", "big",
-         "--max-failure-ratio", "1"],
-        env=fault_stack.env, capture_output=True, text=True, timeout=1500,
-        cwd=fault_stack.workdir)
-    fault_stack.outputs += [done.stdout, done.stderr]
+    done, peak_mb = fault_stack.measured_batch(str(source), "--batch-id", "big",
+                                               "--max-failure-ratio", "1", timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
-    peak_mb = int(done.stdout.strip().splitlines()[-1]) / 1024
     print(f"peak RSS of `flashgen batch` over {INVALID_ROWS:,} invalid rows: {peak_mb:.0f} MB")
     assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB"
     gallery = fault_stack.read(f"{fault_stack.prefix}/galleries/big.html")

@@ -30,6 +30,7 @@ def stack(prefect_api, s3_server, request, tmp_path):
                "RUNCOMFY_API_TOKEN": TOKEN, "FLASHGEN_BUCKET": BUCKET, "FLASHGEN_PREFIX": prefix,
                "FLASHGEN_POLL_INITIAL": "0.1", "FLASHGEN_POLL_MAXIMUM": "0.3",
                "FLASHGEN_SEND_LEASE": "10", "FLASHGEN_STATE_DIR": str(tmp_path / "state"),
+               "FLASHGEN_OUTPUT_NETWORKS": "127.0.0.0/8",  # the emulator's files
                # Its own (absent) limit: a run stopped part-way holds no shared slot.
                "FLASHGEN_CONCURRENCY_LIMIT": "rerun-test-unshared",
                "PREFECT_LOGGING_LEVEL": "WARNING"}
