@@ -7,7 +7,8 @@ nothing. ``verify_output`` proves the whole file, in every form the model may re
 - an image is decoded to its last pixel, every frame of it (animated GIF, APNG and WebP,
   multi-page TIFF: Pillow decodes only the first frame unless asked); formats whose
   decoder forgives a missing end check it themselves: a PNG must end in a whole ``IEND``
-  chunk (its CRC included), a GIF's blocks must all be there up to its trailer;
+  chunk (its CRC included), a GIF's blocks must all be there up to its trailer, a BMP
+  must be as long as its header says (Pillow reads a last row short of its padding);
 - a video (MP4 / QuickTime, the ISO base media format) must be whole: its top-level boxes
   tile the file exactly, with ``ftyp``, ``moov`` and ``mdat`` among them. flashgen has no
   video decoder, so a video in any other container cannot be proved and is refused.
@@ -76,6 +77,10 @@ def _image(data: bytes) -> tuple[int, int]:
         _png_whole(data)
     elif data.startswith(_GIF):
         _gif_whole(data)
+    elif data.startswith(b"BM") and len(data) >= 6:
+        (size,) = struct.unpack("<I", data[2:6])
+        if len(data) < size:
+            raise ValueError(f"the file is {len(data)} bytes, its header says {size}")
     with warnings.catch_warnings():
         # Pillow warns, not raises, for some damage (a TIFF read short, corrupt EXIF, a
         # bomb): refuse it.

@@ -73,6 +73,13 @@ def test_an_image_cut_short_anywhere_is_never_good(image, data):
     assert caught.value.transient  # fetched again from the request_id, never resubmitted
 
 
+def test_a_bmp_short_of_its_last_rows_padding_is_refused():
+    """Found by the test above: Pillow decodes a BMP whose last row lacks its padding."""
+    whole = _image("bmp", 30, 1, 0)  # one row of 90 bytes, padded to 92
+    with pytest.raises(CorruptDownloadError, match="header says"):
+        verify_output(whole[:-2], "image/bmp")
+
+
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(image=images, data=st.data())
 def test_an_image_with_flipped_bytes_decodes_whole_or_is_refused(image, data):
