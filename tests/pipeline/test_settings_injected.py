@@ -3,12 +3,24 @@ download cap come from the settings passed in, not from the environment."""
 
 from __future__ import annotations
 
+import pytest
 from prefect import flow
 
+from flashgen.emulator import EmulatorConfig
 from flashgen.options import BatchOptions
 from flashgen.records import ImageRecord
 from flashgen.settings import get_settings
 from flashgen.flows.generate import run_batch
+from tests.pipeline.conftest import TOKEN
+
+JOB_SECONDS = 1.0  # long beside the eager first look (0.05 s), short beside the patient 4 s
+
+
+@pytest.fixture
+def emulator_config() -> EmulatorConfig:
+    """Jobs of a fixed second: a busy machine that delays the eager first look by a few
+    tenths must still find the job unfinished (with 0.15 s jobs it sometimes did not)."""
+    return EmulatorConfig(workers=4, job_time=JOB_SECONDS, job_time_spread=0, tokens=[TOKEN])
 
 
 async def _run(settings, prompt: str):
@@ -27,8 +39,8 @@ async def test_the_settings_passed_in_set_the_download_cap(pipeline, emulator):
 
 
 async def test_the_settings_passed_in_time_the_polls(pipeline, emulator):
-    # The emulator's jobs take about 0.15 s. Expecting 4 s, the first look comes after the
-    # job has ended: one poll. Expecting 0.05 s, the first look comes before: more than one.
+    # The emulator's jobs take 1 s. Expecting 4 s, the first look comes after the job has
+    # ended: one poll. Expecting 0.05 s, the first look comes before: more than one.
     patient = get_settings().model_copy(update={"job_time_prior": 4.0})
     eager = get_settings().model_copy(update={"job_time_prior": 0.05, "poll_initial": 0.01})
     polls = {}
