@@ -161,9 +161,10 @@ async def agenerate(prompts: list[str | dict[str, Any]] | None = None, *,
         raise InputError(f"url_ttl: must be 1 to 604800 seconds (7 days), got {url_ttl}",
                          field="url_ttl")
     summary = await run_flow(generate_images, **params)
+    settings = get_settings()
     result = await asyncio.to_thread(
-        _result, summary, Store.from_settings(get_settings(), bucket=bucket, prefix=prefix),
-        url_ttl or get_settings().gallery_url_ttl)
+        _result, summary, Store.from_settings(settings, bucket=bucket, prefix=prefix),
+        url_ttl or settings.gallery_url_ttl)
     return result.raise_for_failures() if raise_on_failure else result
 
 
