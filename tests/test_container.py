@@ -65,7 +65,10 @@ def container_env(api, s3_server) -> dict[str, str]:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
+# The first test to ask for the image may build it from nothing (base, wheels, image: about
+# six minutes on 2 cores), hence the long timeout.
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_the_image_runs_a_batch_read_only_and_stores_every_image_once(
         flashgen_image, api, s3_server, mounts):
     state, token = mounts
@@ -100,6 +103,7 @@ def test_the_image_runs_a_batch_read_only_and_stores_every_image_once(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_without_a_writable_state_volume_the_image_refuses_before_paying(
         flashgen_image, api, s3_server, mounts):
     state, token = mounts

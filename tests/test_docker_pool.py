@@ -29,7 +29,8 @@ from flashgen.emulator import EmulatorConfig, EmulatorServer
 from flashgen.infra.prefect_server import PrefectServer
 from tests.conftest import module_bucket, s3_client
 
-pytestmark = pytest.mark.slow
+# The image may be built from nothing first (about six minutes on 2 cores).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
