@@ -66,7 +66,7 @@ def container_env(api, s3_server) -> dict[str, str]:
 
 
 # The first test to ask for the image may build it from nothing (base, wheels, image: about
-# six minutes on 2 cores), hence the long timeout.
+# five minutes on 2 cores), hence the long timeout.
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_the_image_runs_a_batch_read_only_and_stores_every_image_once(

@@ -29,7 +29,7 @@ from flashgen.emulator import EmulatorConfig, EmulatorServer
 from flashgen.infra.prefect_server import PrefectServer
 from tests.conftest import module_bucket, s3_client
 
-# The image may be built from nothing first (about six minutes on 2 cores).
+# The image may be built from nothing first (about five minutes on 2 cores).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[1]
