@@ -6,7 +6,8 @@
 The daemon it starts has no bridge (``--bridge=none --iptables=false``): containers run
 with ``--network host`` and reach the Prefect server, the emulator and moto on 127.0.0.1,
 and no packet can go to a Docker bridge's private range (172.17.x). ``python -m
-flashgen.infra.docker_daemon`` starts one and leaves it running (for ``make image``).
+flashgen.infra.docker_daemon`` (or ``python3 infra/docker_daemon.py`` in a checkout) starts
+one and leaves it running (for ``make image``).
 It needs root, as dockerd does; Debian's ``docker.io`` provides it.
 """
 

@@ -18,8 +18,8 @@ from three local parts, each cached:
 3. the image: ``docker build --network none`` of the ``Dockerfile``, whose context is only
    the wheelhouse (``.dockerignore``); tagged ``flashgen:<version>`` and ``flashgen:latest``.
 
-It needs root (debootstrap), a running Docker daemon (``python -m
-flashgen.infra.docker_daemon`` starts one without a bridge) and, for the wheels, a Python
+It needs root (debootstrap), a running Docker daemon (``python3
+infra/docker_daemon.py`` starts one without a bridge) and, for the wheels, a Python
 of the image's version with venv: Debian's ``/usr/bin/python3`` (python3-venv), or
 ``FLASHGEN_WHEEL_PYTHON``. Stdlib only, so ``make image`` needs no virtualenv.
 """
@@ -112,8 +112,8 @@ def docker_ready() -> None:
     probe = subprocess.run(["docker", "info"], capture_output=True, text=True)
     if probe.returncode != 0:
         raise ImageError("no Docker daemon answers: start one without a bridge, "
-                         "`python -m flashgen.infra.docker_daemon` (or `dockerd "
-                         "--bridge=none --iptables=false &`)")
+                         "`python3 infra/docker_daemon.py` (or `dockerd --bridge=none "
+                         "--iptables=false &`)")
 
 
 def image_exists(ref: str) -> bool:
@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         for step, do in (("base", lambda: build_base(rebuild=args.rebuild_base)),
                          ("wheels", build_wheels), ("image", lambda: build_image(version()))):
             started = time.monotonic()
-            fresh = do()
-            note = {True: "built", False: "cached", None: "built"}[fresh]
+            made = do()  # base: built; wheels: dependencies fetched; image: always built
+            note = "cached" if made is False else "built"
             print(f"{step:<7} {note:<7} {time.monotonic() - started:6.1f} s", flush=True)
     except ImageError as exc:
         print(f"make image: {exc}", file=sys.stderr)
