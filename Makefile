@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 
-.PHONY: demo test test-fast fuzz lint bench clean
+.PHONY: demo test test-fast fuzz lint bench image clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "flashgen needs Python >= 3.11"'
@@ -39,5 +39,12 @@ lint: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(VENV)/bin/python -m bench
 
+# The container image flashgen:<version> and flashgen:latest, offline (infra/image.py): a
+# debootstrapped Debian base (once), a wheelhouse (its dependencies once per pyproject.toml)
+# and `docker build --network none`. Needs root the first time, a Docker daemon (`python3
+# infra/docker_daemon.py` starts one without a bridge) and Python 3.11, the image's.
+image:
+	$(PYTHON) infra/image.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache flashgen-demo
+	rm -rf $(VENV) .pytest_cache flashgen-demo build

@@ -272,10 +272,10 @@ def _preflight(out: Path | None) -> None:
     """What this process needs once it has paid, before Prefect starts: every setting in
     its range, the state directory and ``--out`` writable. The flow checks the settings,
     the state directory and the bucket again (deployments run it without this CLI)."""
-    from flashgen.preflight import writable_folder
+    from flashgen.preflight import state_folder, writable_folder
     from flashgen.settings import get_settings
 
-    writable_folder(get_settings().state_dir, "FLASHGEN_STATE_DIR")
+    state_folder(get_settings())
     if out is not None:
         writable_folder(out, "--out")
 

@@ -100,20 +100,37 @@ class Decision:
         return self.entry.attempts if self.entry else 0
 
 
+def this_machine() -> str:
+    """Where a process id means one process: the host name and, when it can be read, the
+    pid namespace. Containers started with ``--network host`` share the host's name but
+    each has its own process ids, so a pid is only checked inside its own namespace.
+
+    >>> this_machine().startswith(socket.gethostname())
+    True
+    """
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}+pidns{namespace}"
+
+
 def new_owner() -> str:
-    """Who holds a claim: ``host:pid:random``, unique per run (a rerun is another owner)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """Who holds a claim: ``machine:pid:random`` (``this_machine``), unique per run (a rerun
+    is another owner)."""
+    return f"{this_machine()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def owner_process_gone(owner: str | None) -> bool:
-    """True when ``owner`` names a process on this host that no longer exists.
+    """True when ``owner`` names a process of this machine (this host and pid namespace)
+    that no longer exists.
 
-    >>> owner_process_gone(f"{socket.gethostname()}:{os.getpid()}:abcd1234")
+    >>> owner_process_gone(new_owner())
     False
     """
-    host, _, rest = (owner or "").partition(":")
+    machine, _, rest = (owner or "").partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if machine != this_machine() or not pid_text.isdigit():
         return False  # another machine's run: only its lease or its flow run can tell
     try:
         os.kill(int(pid_text), 0)

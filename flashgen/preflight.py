@@ -5,7 +5,12 @@ journal) and its files (``--out``). Finding out that a folder cannot be written 
 after paying loses the job, so each is probed first, the way it will be used: created,
 a file written and fsync'ed, then removed::
 
-    writable_folder(settings.state_dir, "FLASHGEN_STATE_DIR")   # InputError naming it
+    state_folder(settings)                 # InputError naming FLASHGEN_STATE_DIR
+    writable_folder(out, "--out")          # InputError naming --out
+
+In a container (``FLASHGEN_STATE_DIR_MOUNTED``, which flashgen's image sets) the state
+directory must also be a mounted volume: the container's own filesystem, writable or not,
+is gone with the container, and the request_ids with it.
 
 The bucket is probed the same way by ``Store.check_writable``; settings' ranges by
 ``flashgen.settings.get_settings``.
@@ -16,8 +21,35 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flashgen.errors import InputError
+
+if TYPE_CHECKING:
+    from flashgen.settings import Settings
+
+STATE_SETTING = "FLASHGEN_STATE_DIR"
+
+
+def state_folder(settings: Settings) -> Path:
+    """``settings.state_dir``, checked as ``writable_folder`` does, and first, when
+    ``settings.state_dir_mounted``, checked to be a mount point; else ``InputError``.
+
+    >>> import tempfile
+    >>> from flashgen.settings import Settings
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> state_folder(Settings(state_dir=folder, state_dir_mounted=True))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    flashgen.errors.InputError: FLASHGEN_STATE_DIR: /tmp/... is not a mounted volume ...
+    """
+    path = Path(settings.state_dir)
+    if settings.state_dir_mounted and not os.path.ismount(path):
+        raise InputError(f"{STATE_SETTING}: {path} is not a mounted volume "
+                         "(FLASHGEN_STATE_DIR_MOUNTED is set, as in flashgen's image): what a "
+                         "run paid for must outlive the container. Mount a writable volume "
+                         f"there (docker run -v flashgen-state:{path})", field=STATE_SETTING)
+    return writable_folder(path, STATE_SETTING)
 
 
 def writable_folder(path: Path, setting: str) -> Path:

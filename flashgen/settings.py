@@ -1,6 +1,8 @@
 """Configuration from the environment; explicit arguments always win over it.
 
     RUNCOMFY_API_TOKEN      the API token (kept as a SecretStr; never logged)
+    FLASHGEN_TOKEN_FILE     a file holding the token (a mounted Kubernetes or Docker secret),
+                            read when RUNCOMFY_API_TOKEN is unset; its trailing newline dropped
     FLASHGEN_TOKEN_BLOCK    the Prefect Secret block holding the token when the variable is
                             unset (default "runcomfy-api-token"; `flashgen provision` makes it)
     RUNCOMFY_BASE_URL       the API's base URL (default https://model-api.runcomfy.net)
@@ -15,6 +17,8 @@
     FLASHGEN_CONCURRENCY_LIMIT      the Prefect global concurrency limit that shares them
     FLASHGEN_SEND_LEASE     seconds a "sending" ledger entry is honoured (one submit request)
     FLASHGEN_STATE_DIR      this machine's journal of request_ids not yet in the ledger
+    FLASHGEN_STATE_DIR_MOUNTED      "1": the state dir must be a mounted volume, refused
+                            otherwise (flashgen's container image sets it)
     FLASHGEN_PRICE_PER_IMAGE        USD per image, over the API catalog's (plans, --max-cost)
     FLASHGEN_MAX_IMAGE_BYTES / FLASHGEN_MAX_VIDEO_BYTES   download caps (50 MB / 100 MB)
     FLASHGEN_JOB_DEADLINE   seconds a job may take from submit to finish (default 900)
@@ -53,6 +57,7 @@ from flashgen.outputs import Network, parse_networks
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
 TOKEN_ENV = "RUNCOMFY_API_TOKEN"
+TOKEN_FILE_ENV = "FLASHGEN_TOKEN_FILE"
 DEFAULT_TOKEN_BLOCK = "runcomfy-api-token"
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_VIDEO_BYTES = 100 * 1024 * 1024
@@ -66,6 +71,7 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("RUNCOMFY_API_TOKEN", "FLASHGEN_API_TOKEN")
     )
+    token_file: Path | None = None
     token_block: str = DEFAULT_TOKEN_BLOCK
     base_url: str = Field(
         DEFAULT_BASE_URL, validation_alias=AliasChoices("RUNCOMFY_BASE_URL", "FLASHGEN_BASE_URL")
@@ -84,6 +90,8 @@ class Settings(BaseSettings):
     send_lease: float = Field(90.0, gt=0)
     state_dir: Path = Field(default_factory=lambda: Path(
         os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "flashgen")
+    # In a container the root filesystem dies with it: there the journal must be on a volume.
+    state_dir_mounted: bool = False
     price_per_image: float | None = Field(None, ge=0)
     max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, gt=0)
     max_video_bytes: int = Field(DEFAULT_MAX_VIDEO_BYTES, gt=0)
@@ -213,30 +221,61 @@ or non-ASCII character inside it (character 4); a token is one word of visible A
 def token_help(settings: Settings) -> str:
     """Where a token may come from, for any message about a missing or rejected one."""
     return (
-        f"set {TOKEN_ENV}, or store it in the Prefect Secret block "
-        f"{settings.token_block!r} (`flashgen provision` creates it from {TOKEN_ENV})"
+        f"set {TOKEN_ENV}, or {TOKEN_FILE_ENV} to a file holding it, or store it in the "
+        f"Prefect Secret block {settings.token_block!r} (`flashgen provision` creates it "
+        f"from {TOKEN_ENV})"
     )
 
 
 async def resolve_token(settings: Settings, token: str | SecretStr | None = None) -> Token:
-    """The API token: ``token`` if given, else ``RUNCOMFY_API_TOKEN``, else the Prefect
-    Secret block named by ``FLASHGEN_TOKEN_BLOCK`` (``settings.token_block``).
+    """The API token: ``token`` if given, else ``RUNCOMFY_API_TOKEN``, else the file
+    ``FLASHGEN_TOKEN_FILE`` names, else the Prefect Secret block named by
+    ``FLASHGEN_TOKEN_BLOCK`` (``settings.token_block``).
 
         client = RunComfyClient.from_settings(settings, token=await resolve_token(settings))
 
     The result is a ``Token`` (a ``SecretStr``) whose ``source`` names where it came from,
     normalised by ``normalise_token`` (which raises ``InputError`` for a malformed one).
-    Raises ``AuthenticationError`` naming all three places when none has a token.
+    Raises ``AuthenticationError`` naming all the places when none has a token.
     """
     found = (
         normalise_token(token, getattr(token, "source", "the token= argument"))
         or normalise_token(settings.api_token, TOKEN_ENV)
+        or _token_file(settings.token_file)
         or normalise_token(await _secret_block(settings.token_block),
                            f"the Prefect Secret block {settings.token_block!r}")
     )
     if found is None:
         raise AuthenticationError(f"no RunComfy API token: {token_help(settings)}")
     return found
+
+
+def _token_file(path: Path | None) -> Token | None:
+    """The token in ``path`` (``FLASHGEN_TOKEN_FILE``), or None when no file is named.
+
+    A file that is named and cannot be read, or is empty, is an ``AuthenticationError``
+    naming the variable and the path, never a silent fall-through to the Secret block: the
+    operator who mounted a secret meant that one. The message never holds the content.
+
+        >>> import tempfile
+        >>> secret = Path(tempfile.mkdtemp()) / "token"
+        >>> _ = secret.write_text("tok-123\\n")
+        >>> token = _token_file(secret)
+        >>> token.get_secret_value(), token.source == f"{TOKEN_FILE_ENV} ({secret})"
+        ('tok-123', True)
+    """
+    if path is None:
+        return None
+    source = f"{TOKEN_FILE_ENV} ({path})"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise AuthenticationError(f"{source}: the token file cannot be read ({reason})") from None
+    token = normalise_token(text, source)
+    if token is None:
+        raise AuthenticationError(f"{source}: the token file is empty")
+    return token
 
 
 async def _secret_block(name: str) -> str | None:

@@ -63,6 +63,7 @@ from flashgen.manifest import ManifestSpool
 from flashgen.models import DEFAULT_MODEL, unchecked_model_note, validate_inputs
 from flashgen.options import BatchOptions
 from flashgen.plan import RunPlan, Stored, census
+from flashgen.preflight import state_folder
 from flashgen.pricing import Price, price_for
 from flashgen.records import ImageRecord, ItemState, ManifestRow, Timings
 from flashgen.reruns import Rerun, record_batch
@@ -310,6 +311,7 @@ async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
     _report_rows(plan, options.strict)
     # What the run needs once it has paid: somewhere to keep request_ids (the journal) and
     # the bucket. Found out afterwards, a paid job could be lost (flashgen.preflight).
+    await asyncio.to_thread(state_folder, settings)
     await asyncio.to_thread(Journal(settings.state_dir, scope=store.uri(store.prefix)).probe)
     await asyncio.to_thread(store.check_writable)
     counts, stored = await asyncio.to_thread(

@@ -37,6 +37,9 @@ def provision_command(
         "no notifications (use the inbox-sensor deployment instead).")] = True,
     work_pool: Annotated[str, typer.Option(help="Process work pool of the deployments.")
                          ] = "flashgen-process",
+    docker_work_pool: Annotated[str, typer.Option(
+        help="Docker work pool of the *-docker deployments (flashgen's image); made when "
+        "prefect-docker is installed (flashgen[docker]).")] = "flashgen-docker",
     slack_webhook: Annotated[str | None, typer.Option(
         envvar="FLASHGEN_SLACK_WEBHOOK", show_envvar=False,
         help="Slack incoming-webhook URL for alerts (env FLASHGEN_SLACK_WEBHOOK).")] = None,
@@ -48,7 +51,7 @@ def provision_command(
         help="Environment variable holding the API token to store in the Prefect Secret "
         "block named by FLASHGEN_TOKEN_BLOCK (never printed).")] = "RUNCOMFY_API_TOKEN",
 ) -> None:
-    """Create or update the bucket, inbox queue, concurrency limits, work pool, alert
+    """Create or update the bucket, inbox queue, concurrency limits, work pools, alert
     blocks, token secret and automations. Safe to run again: unchanged items are left alone."""
     import httpx
     from prefect.settings import get_current_settings
@@ -69,7 +72,8 @@ def provision_command(
             get_settings(), bucket=bucket, sse=sse, kms_key_id=kms_key_id,
             api_concurrency=api_concurrency, concurrency_limit=concurrency_limit,
             submit_rate=submit_rate,
-            work_pool=work_pool, slack_webhook=slack_webhook, webhook_url=webhook_url,
+            work_pool=work_pool, docker_work_pool=docker_work_pool,
+            slack_webhook=slack_webhook, webhook_url=webhook_url,
             token=token)
         if skip_bucket:
             config = config.model_copy(update={"bucket": None})

@@ -19,7 +19,8 @@ difference, so a second run reports every item unchanged and writes nothing:
 - the global concurrency limit that shares the API's slots (FLASHGEN_CONCURRENCY_LIMIT,
   limit FLASHGEN_API_CONCURRENCY) and, when a rate is given, the ``runcomfy-submit`` rate
   limit that paces submits;
-- the process work pool the deployments in prefect.yaml run on;
+- the work pools the deployments in prefect.yaml run on: the process pool and, when
+  prefect-docker is installed (``flashgen[docker]``), the Docker pool for flashgen's image;
 - notification blocks (Slack, a generic JSON webhook) and the Secret block with the token;
 - the automations in ``deployments/automations.yaml``, sent to every flashgen alert block.
 
@@ -60,6 +61,7 @@ from flashgen.flows.generate import SUBMIT_RATE_LIMIT
 
 AUTOMATIONS_FILE = Path(__file__).resolve().parent.parent / "deployments" / "automations.yaml"
 WORK_POOL = "flashgen-process"
+DOCKER_WORK_POOL = "flashgen-docker"
 SLACK_BLOCK = "flashgen-alerts-slack"
 WEBHOOK_BLOCK = "flashgen-alerts-webhook"
 # What the generic webhook receives: {"subject": …, "body": …, "source": "flashgen"}.
@@ -89,6 +91,7 @@ class ProvisionConfig(BaseModel):
     concurrency_limit: str = "runcomfy-api"
     submit_rate: float | None = Field(None, gt=0, description="submits per second")
     work_pool: str = WORK_POOL
+    docker_work_pool: str | None = DOCKER_WORK_POOL
     slack_webhook: SecretStr | None = None
     webhook_url: str | None = None
     token: SecretStr | None = None
@@ -160,6 +163,8 @@ async def provision(config: ProvisionConfig, *, s3: Any = None, sqs: Any = None
                                               limit=max(1, math.ceil(config.submit_rate)),
                                               decay=config.submit_rate))
         changes.append(await ensure_work_pool(client, config.work_pool))
+        if config.docker_work_pool:
+            changes.append(await ensure_docker_work_pool(client, config.docker_work_pool))
         if config.slack_webhook:
             changes.append(await ensure_block(SlackWebhook(url=config.slack_webhook),
                                               SLACK_BLOCK))
@@ -357,18 +362,34 @@ async def ensure_limit(client: PrefectClient, name: str, *, limit: int,
                   f"limit {was[0]} → {described}" + ("" if was[1] else ", activated"))
 
 
-async def ensure_work_pool(client: PrefectClient, name: str) -> Change:
+async def ensure_work_pool(client: PrefectClient, name: str, kind: str = "process",
+                           template: dict[str, Any] | None = None) -> Change:
+    """The work pool ``name`` of type ``kind``, made with the worker's default base job
+    template (``template``; the process worker's by default) when it does not exist."""
     try:
         pool = await client.read_work_pool(name)
     except ObjectNotFound:
         await client.create_work_pool(WorkPoolCreate(
-            name=name, type="process",
-            base_job_template=ProcessWorker.get_default_base_job_template()))
-        return Change(Outcome.CREATED, "work pool", name, "type process")
-    if pool.type != "process":
+            name=name, type=kind,
+            base_job_template=template or ProcessWorker.get_default_base_job_template()))
+        return Change(Outcome.CREATED, "work pool", name, f"type {kind}")
+    if pool.type != kind:
         raise ProvisionError(f"work pool {name} exists with type {pool.type!r}; flashgen's "
-                             "deployments need a process pool: delete it or pick another name")
-    return Change(Outcome.UNCHANGED, "work pool", name, "type process")
+                             f"deployments need a {kind} pool: delete it or pick another name")
+    return Change(Outcome.UNCHANGED, "work pool", name, f"type {kind}")
+
+
+async def ensure_docker_work_pool(client: PrefectClient, name: str) -> Change:
+    """The Docker pool of prefect.yaml's ``*-docker`` deployments (flashgen's image). Its
+    template comes from the installed prefect-docker, whose ``container_create_kwargs``
+    carries the read-only root and the ``/tmp`` tmpfs; without it the pool is skipped."""
+    try:
+        from prefect_docker.worker import DockerWorker
+    except ImportError:
+        return Change(Outcome.SKIPPED, "work pool", name,
+                      "type docker needs prefect-docker: pip install 'flashgen[docker]'")
+    return await ensure_work_pool(client, name, "docker",
+                                  DockerWorker.get_default_base_job_template())
 
 
 async def ensure_block(block: Block, name: str) -> Change:

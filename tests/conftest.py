@@ -159,6 +159,22 @@ def module_bucket(name: str):
     return bucket
 
 
+@pytest.fixture(scope="session")
+def flashgen_image(tmp_path_factory):
+    """flashgen's image, built as `make image` builds it, on a Docker daemon without a
+    bridge (started here when none answers, and stopped at the end); yields its tag.
+    Containers run with ``--network host``: they reach this machine's stand-ins on
+    127.0.0.1 and nothing else."""
+    from flashgen.infra.docker_daemon import docker_daemon
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with docker_daemon(tmp_path_factory.mktemp("dockerd") / "dockerd.log"):
+        built = subprocess.run(["make", "-C", repo, "image", f"PYTHON={sys.executable}"],
+                               capture_output=True, text=True, timeout=1800)
+        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+        yield "flashgen:latest"
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """The fault campaign's figures (schedules, runs, invariants checked), when it ran."""
     from tests.faults.campaign import CAMPAIGN

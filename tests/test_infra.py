@@ -76,6 +76,7 @@ async def test_provision_twice_changes_nothing_the_second_time(prefect_server, s
         rate = await client.read_global_concurrency_limit_by_name("runcomfy-submit")
         assert rate.slot_decay_per_second == 2.0
         assert (await client.read_work_pool("flashgen-process")).type == "process"
+        assert (await client.read_work_pool("flashgen-docker")).type == "docker"
         automations = {a.name: a for a in await client.read_automations()}
     assert (await Secret.aload("runcomfy-api-token")).get() == TOKEN
     assert (await SlackWebhook.aload(SLACK_BLOCK)).url.get_secret_value() == SLACK
@@ -221,9 +222,10 @@ def deployments() -> dict[str, dict]:
 
 def test_every_deployment_names_pool_tags_and_a_concurrency_limit(deployments):
     assert set(deployments) == {"scheduled-content", "inbox", "on-demand", "inbox-sensor",
-                                "resume", "retry"}
+                                "resume", "retry", "on-demand-docker"}
     for name, d in deployments.items():
-        assert d["work_pool"]["name"] == "flashgen-process", name
+        pool = "flashgen-docker" if name.endswith("-docker") else "flashgen-process"
+        assert d["work_pool"]["name"] == pool, name
         assert "flashgen" in d["tags"], name
         assert d["concurrency_limit"]["limit"] >= 1, name
         assert d["concurrency_limit"]["collision_strategy"] in ("ENQUEUE", "CANCEL_NEW"), name

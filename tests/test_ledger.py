@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from flashgen.errors import InputError, StorageError
-from flashgen.ledger import Action, ItemRef, Journal, Ledger
+from flashgen.ledger import Action, ItemRef, Journal, Ledger, owner_process_gone, this_machine
 from flashgen.records import LedgerEntry, LedgerState
 
 NOW = 1_000_000.0
@@ -23,8 +23,8 @@ def _dead_pid() -> int:
     return process.pid
 
 
-LIVE_OTHER = f"{socket.gethostname()}:1:otherrun"  # pid 1 always exists
-DEAD_OTHER = f"{socket.gethostname()}:{_dead_pid()}:deadrun"
+LIVE_OTHER = f"{this_machine()}:1:otherrun"  # pid 1 always exists
+DEAD_OTHER = f"{this_machine()}:{_dead_pid()}:deadrun"
 REMOTE = "another-host:123:remote"
 
 
@@ -109,6 +109,19 @@ def test_a_finished_prefect_owner_is_gone_at_once(store, tmp_path):
     ledger = Ledger(store, Journal(tmp_path, scope="x"), owner="me:1:mine", clock=lambda: NOW,
                     owner_gone=lambda entry: entry.owner_run == "run-1")
     assert ledger.decide(ITEM).action == Action.AMBIGUOUS
+
+
+def test_a_sender_in_another_pid_namespace_of_this_host_is_never_judged_gone():
+    """Containers run with ``--network host`` share this host's name but not its process
+    ids: a pid that is free here may be a live sender in a container beside us. Before,
+    the owner named the host alone, so one container took another's live ``sending``
+    claim for a dead one's and marked it ambiguous mid-submit. Only the lease (or the
+    owner's flow run) may decide for another namespace."""
+    dead = _dead_pid()
+    host = socket.gethostname()
+    assert owner_process_gone(f"{this_machine()}:{dead}:here")  # this namespace: checked
+    assert not owner_process_gone(f"{host}+pidns1:{dead}:container")
+    assert not owner_process_gone(f"{host}:{dead}:written-before-namespaces")
 
 
 def test_two_ledgers_racing_for_one_item_send_it_once(store, tmp_path):

@@ -213,6 +213,47 @@ async def test_an_unreadable_token_is_refused_naming_its_source_not_its_value(
     assert "secret-part" not in str(caught.value)
 
 
+async def test_a_token_file_is_read_without_its_newline_after_the_environment(
+    tmp_path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Kubernetes or Docker secret mounted as a file (FLASHGEN_TOKEN_FILE): read when
+    RUNCOMFY_API_TOKEN is unset, before the Secret block, its trailing newline dropped."""
+    async def no_block(name: str) -> None:
+        raise AssertionError("the Secret block is not asked when a file holds the token")
+
+    monkeypatch.setattr(settings_module, "_secret_block", no_block)
+    secret = tmp_path / "runcomfy-token"
+    secret.write_text("tok-from-file\n")
+    monkeypatch.setenv("FLASHGEN_TOKEN_FILE", str(secret))
+    token = await resolve_token(Settings())
+    assert token.get_secret_value() == "tok-from-file"
+    assert token.source == f"FLASHGEN_TOKEN_FILE ({secret})"
+    assert "tok-from-file" not in repr(token)
+    from_env = await resolve_token(Settings(api_token=SecretStr("tok-from-env")))
+    assert from_env.get_secret_value() == "tok-from-env"
+
+
+@pytest.mark.parametrize("content", [None, "", "\n", "tok with-secret-part\n", b"\xff\xfe"])
+async def test_a_named_token_file_that_gives_no_token_is_refused_naming_it_not_its_content(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, content: str | bytes | None,
+) -> None:
+    """Missing, empty, unreadable or malformed: refused naming FLASHGEN_TOKEN_FILE and its
+    path, never a silent fall-back to the Secret block, and never the file's content."""
+    async def block(name: str) -> str:
+        return "tok-from-block"
+
+    monkeypatch.setattr(settings_module, "_secret_block", block)
+    secret = tmp_path / "runcomfy-token"
+    if isinstance(content, bytes):
+        secret.write_bytes(content)
+    elif content is not None:
+        secret.write_text(content)
+    with pytest.raises((AuthenticationError, InputError)) as caught:
+        await resolve_token(Settings(token_file=secret))
+    assert f"FLASHGEN_TOKEN_FILE ({secret})" in str(caught.value)
+    assert "secret-part" not in str(caught.value) and "tok-from-block" not in str(caught.value)
+
+
 async def test_surrounding_whitespace_is_not_part_of_the_token() -> None:
     token = await resolve_token(Settings(api_token=SecretStr("  tok-123\n")))
     assert token.get_secret_value() == "tok-123"

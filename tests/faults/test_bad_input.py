@@ -55,6 +55,10 @@ RESOURCE_CASES = {
                                 "FLASHGEN_STATE_DIR"),
     "state dir read-only": (["ok.csv"], {"FLASHGEN_STATE_DIR": "/proc/flashgen-state"},
                             "FLASHGEN_STATE_DIR"),
+    # As in flashgen's image: a state dir that is not a mounted volume dies with the container.
+    "state dir not a volume": (["ok.csv"], {"FLASHGEN_STATE_DIR": "{work}/state",
+                                            "FLASHGEN_STATE_DIR_MOUNTED": "1"},
+                               "FLASHGEN_STATE_DIR"),
     "out is a file": (["ok.csv", "--out", "{work}/ok.csv"], {}, "--out"),
     "out behind a file": (["ok.csv", "--out", "{work}/ok.csv/gallery"], {}, "--out"),
     "image cap negative": (["ok.csv"], {"FLASHGEN_MAX_IMAGE_BYTES": "-1"},
