@@ -205,6 +205,9 @@ async def _run_shard(batch: ShardedBatch, shard: ShardFile, budget: int | None,
         if (stop.requested or state.name == REFUSED_STATE or state.is_cancelled()
                 or attempt == SHARD_ATTEMPTS):
             return None, why
+        # A --force batch's shard runs again without force: what the lost run regenerated
+        # is not paid for a third time (its other items keep their earlier image).
+        params["force"] = False
         to_send_now = await asyncio.to_thread(_to_send, store, shard, options)
         params["max_items"] = rerun_budget(budget, shard.to_send, to_send_now)
         log.warning("%s; running it again (attempt %d of %d): the ledger resumes every job "
@@ -248,9 +251,10 @@ def _outcome_of(store: Store, batch_id: str, index: int, flow_run_id: str
 
 
 def _to_send(store: Store, shard: ShardFile, options: BatchOptions) -> int:
-    """How many of the shard's items the ledger would have a new run pay for now."""
+    """How many of the shard's items the ledger would have its next run (without force)
+    pay for now."""
     counts, _ = census(store, ShardPlan.read(shard.path, options.model_id).iter_items(),
-                       force=options.force, resubmit_ambiguous=options.resubmit_ambiguous)
+                       resubmit_ambiguous=options.resubmit_ambiguous)
     return counts["to_send"]
 
 
