@@ -96,7 +96,8 @@ class ShardWriter:
 
     def stored_items(self, where: Mapping[str, T]) -> Iterator[tuple[Item, T]]:
         """Each already stored item, with ``where[fingerprint]`` (census's ``stored``)."""
-        self._stored.flush()
+        if not self._stored.closed:
+            self._stored.flush()
         with open(self._stored_path, encoding="utf-8") as handle:
             for line in handle:
                 item = Item.model_validate_json(line)

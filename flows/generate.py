@@ -273,6 +273,8 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
                 plan, run_plan, stored = await _make_plan(options, settings, store, rows,
                                                           Path(workdir), batch_id, run_date,
                                                           price, rerun, shard, shards)
+                if shards is not None:
+                    shards.close()  # every item is dealt
                 if options.dry_run:
                     return BatchSummary(batch_id=batch_id, plan=run_plan, dry_run=True,
                                         flow_run_id=runtime_flow_run.get_id())
@@ -294,7 +296,7 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
                     halted, shard_stopped = await run_shards(
                         ShardedBatch(options=options, settings=settings, store=store,
                                      batch_id=batch_id, run_date=run_date,
-                                     shards=shards.close(), run_plan=run_plan,
+                                     shards=shards.shards, run_plan=run_plan,
                                      workdir=Path(workdir)), manifest, stop)
                 else:
                     ctx = _context(options, settings, store, client, batch_id, run_plan,

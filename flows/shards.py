@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import contextvars
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -101,6 +101,7 @@ class ShardedBatch:
     shards: list[ShardFile]
     run_plan: RunPlan
     workdir: Path
+    merging: asyncio.Lock = field(default_factory=asyncio.Lock)  # one shard's rows at a time
 
 
 @flow(name="generate-shard", flow_run_name="{batch_id}-shard-{index}", log_prints=True)
@@ -261,16 +262,23 @@ def _to_send(store: Store, shard: ShardFile, options: BatchOptions) -> int:
 async def _merge(batch: ShardedBatch, shard: ShardFile, outcome: ShardOutcome | None,
                  why: str, manifest: ManifestSpool,
                  state: ItemState = ItemState.FAILED) -> None:
-    """The shard's rows into the batch's manifest: the ones its run wrote, or, for a shard
-    that never had an outcome, one row per item saying why."""
+    """The shard's rows into the batch's manifest, one shard at a time (in a thread: they
+    are read from S3 and files)."""
+    async with batch.merging:
+        await asyncio.to_thread(_merge_rows, batch, shard, outcome, why, manifest, state)
+
+
+def _merge_rows(batch: ShardedBatch, shard: ShardFile, outcome: ShardOutcome | None,
+                why: str, manifest: ManifestSpool, state: ItemState) -> None:
+    """The rows the shard's run wrote, or, for a shard that never had an outcome, one row
+    per item saying why."""
     store = batch.store
     if outcome is not None:
         local = batch.workdir / f"shard-{shard.index:05d}.manifest.jsonl"
         try:
-            await asyncio.to_thread(store.download, store.layout.shard(
-                batch.batch_id, shard.index, "manifest"), local)
+            store.download(store.layout.shard(batch.batch_id, shard.index, "manifest"), local)
         except (InputError, StorageError) as exc:
-            outcome, why = None, f"shard {shard.index}'s rows could not be read ({exc})"
+            why = f"shard {shard.index}'s rows could not be read ({exc})"
         else:
             with open(local, encoding="utf-8") as handle:
                 for line in handle:

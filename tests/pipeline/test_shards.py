@@ -9,7 +9,7 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
 from flashgen.errors import BudgetError
 from flashgen.records import ItemState
