@@ -23,7 +23,7 @@ from flashgen.models import DEFAULT_MODEL
 from flashgen.storage import safe_segment
 
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_DEPLOYMENT = re.compile(r"[^/\s]+/[^/\s]+")
+_SHARD_DEPLOYMENT = re.compile(r"generate-shard/[^/\s]+")
 _PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/=-]*")
 
 
@@ -58,8 +58,9 @@ class BatchOptions(BaseModel):
     @field_validator("shard_deployment")
     @classmethod
     def _shard_deployment(cls, value: str | None) -> str | None:
-        if value is not None and not _DEPLOYMENT.fullmatch(value):
-            raise ValueError("name a deployment as FLOW/DEPLOYMENT, e.g. generate-shard/process")
+        if value is not None and not _SHARD_DEPLOYMENT.fullmatch(value):
+            raise ValueError("name a deployment of the generate-shard flow, e.g. "
+                             "generate-shard/process")
         return value
 
     @field_validator("batch_id")

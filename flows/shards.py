@@ -47,6 +47,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling, Failed, State
 
 from flashgen.errors import AuthenticationError, InputError, StorageError
@@ -146,6 +147,8 @@ async def run_shards(batch: ShardedBatch, manifest: ManifestSpool, stop: BatchSt
         max_items=options.max_items, max_cost=options.max_cost))
     running = min(options.max_shards_running, len(batch.shards))
     total = options.concurrency or batch.settings.api_concurrency
+    if options.shard_deployment:
+        await _check_deployment(options.shard_deployment)
     for shard in batch.shards:
         await asyncio.to_thread(batch.store.put_file, batch.store.layout.shard(
             batch.batch_id, shard.index, "items"), shard.path, NDJSON)
@@ -239,6 +242,18 @@ async def _on_work_pool(deployment: str, params: dict, stop: BatchStop) -> tuple
                 continue
             with contextlib.suppress(TimeoutError):  # a stop is passed on at once
                 await asyncio.wait_for(stop.wait(), POLL_SECONDS)
+
+
+async def _check_deployment(name: str) -> None:
+    """The shards' deployment exists, or the batch is refused before any shard starts."""
+    async with get_client() as client:
+        try:
+            await client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            raise InputError(f"shard_deployment: no deployment {name!r} on this Prefect "
+                             "server; `prefect deploy --name process` creates "
+                             "generate-shard/process from prefect.yaml",
+                             field="shard_deployment") from None
 
 
 def _outcome_of(store: Store, batch_id: str, index: int, flow_run_id: str

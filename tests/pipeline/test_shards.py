@@ -75,3 +75,12 @@ async def test_max_items_below_the_batch_refuses_before_any_shard_starts(pipelin
     assert emulator.stats()["submissions"] == 0
     assert await _shard_runs("over-budget") == []
     assert not list(pipeline.list_keys("shards/"))
+
+
+async def test_a_shard_deployment_that_does_not_exist_refuses_before_anything_is_sent(
+        pipeline, emulator):
+    state, error = await _run(prompts=PROMPTS, batch_id="no-pool", shard_size=3,
+                              shard_deployment="generate-shard/missing")
+    assert state.is_failed() and state.name == "Refused"
+    assert error.field == "shard_deployment" and "generate-shard/missing" in str(error)
+    assert emulator.stats()["submissions"] == 0
