@@ -166,8 +166,12 @@ async def run_shards(batch: ShardedBatch, manifest: ManifestSpool, stop: BatchSt
                 await _merge(batch, shard, None, f"batch cancelled ({stop.reason}): not sent",
                              manifest, ItemState.CANCELLED)
                 return
-            outcome, why = await _run_shard(batch, shard, budget,
-                                            shard_concurrency(total, running, shard.index), stop)
+            try:
+                outcome, why = await _run_shard(
+                    batch, shard, budget, shard_concurrency(total, running, shard.index), stop)
+            except Exception as exc:  # the Prefect API or S3 failed us: the others go on
+                log.error("shard %d: %s: %s", shard.index, type(exc).__name__, exc)
+                outcome, why = None, f"shard {shard.index}: {type(exc).__name__}: {exc}"
             await _merge(batch, shard, outcome, why, manifest)
             if outcome is not None:
                 outcomes.append(outcome)
