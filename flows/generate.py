@@ -20,6 +20,10 @@
    and catalog are built from the spool as streams, and the batch's event and table
    artifact follow.
 
+A batch with more items to run than its shard size (``shard_size``, FLASHGEN_SHARD_SIZE)
+runs step 3 in shards instead, each a ``generate-shard`` flow run of this same pipeline
+(``flashgen.flows.shards``); steps 1, 2 and 4 stay here, once for the whole batch.
+
 A cancelled run (SIGTERM from its worker, Ctrl-C) stops as ``flashgen.stopping`` says: no
 new submits, queued jobs cancelled at the API, running ones given their grace; then step 4
 for what was done, the ``flashgen.batch.cancelled`` event, and the run ends Cancelled.
