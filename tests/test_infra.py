@@ -221,7 +221,7 @@ def deployments() -> dict[str, dict]:
 
 def test_every_deployment_names_pool_tags_and_a_concurrency_limit(deployments):
     assert set(deployments) == {"scheduled-content", "inbox", "on-demand", "inbox-sensor",
-                                "resume", "retry"}
+                                "resume", "retry", "process"}
     for name, d in deployments.items():
         assert d["work_pool"]["name"] == "flashgen-process", name
         assert "flashgen" in d["tags"], name
