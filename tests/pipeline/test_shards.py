@@ -1,6 +1,7 @@
 """A sharded batch run in-process: planned once, run by child flow runs, merged into one
 manifest, gallery and catalog file; its budget held for the whole batch before anything
-is sent. (Shards on a real work pool, with one killed: tests/integration/test_shards.py.)"""
+is sent. (Shards on a real work pool, with one killed: tests/integration/test_operations.py,
+``test_a_sharded_batch_on_the_work_pool_survives_a_killed_shard_paying_nothing_twice``.)"""
 
 from __future__ import annotations
 
