@@ -6,6 +6,8 @@ single    1,000 images, concurrency 16, 2 s jobs; beside it ``baseline``, the sc
 shared    two runs of 200 started together, each wanting 4, global limit 4, then limit 3
 late      a 400-image run, and a 4-image run 10 s later, limit 4
 scale     10,000 images, 0.2 s jobs, concurrency 64
+scale-out 4,000 images, concurrency 32, 1 s jobs, sharded across 4 process workers
+          (bench/scale_out.py), beside the same batch in one run
 taskruns  4,000 no-op Prefect task runs with flashgen's task options, 16 at a time: what
           one task run costs the flow process and the server, and the rows it writes
 --quick runs a tenth of each; --only runs some and updates just their figures in
@@ -30,7 +32,7 @@ RESULTS = Path(__file__).with_name("results.json")
 # What a scenario was given, not what it measured.
 SETTINGS = {"images", "images_per_run", "concurrency", "wanted", "limit", "job_s",
             "big_images", "small_images", "task_runs", "workers"}
-SCENARIOS = ("single", "shared", "late", "scale", "taskruns")
+SCENARIOS = ("single", "shared", "late", "scale", "taskruns", "scale-out")
 
 
 def main() -> None:
@@ -44,6 +46,7 @@ def main() -> None:
                       FLASHGEN_BUCKET="bench", RUNCOMFY_API_TOKEN="bench-token")
 
     from bench import scenarios
+    from bench.scale_out import scale_out
     from bench.services import Services
 
     sizes = scenarios.Sizes.quick() if args.quick else scenarios.Sizes()
@@ -57,6 +60,7 @@ def main() -> None:
         # Before scale: after 10,000 images the server is busy recording for minutes.
         "taskruns": lambda s: scenarios.task_runs(s, sizes),
         "scale": lambda s: scenarios.scale(s, sizes),
+        "scale-out": lambda s: scale_out(s, sizes.scale_out),
     }
     wanted = {"baseline", "single"} if "single" in chosen else set()
     wanted |= {n for n in plan if n.split("_")[0] in chosen}

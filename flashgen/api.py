@@ -113,6 +113,9 @@ async def agenerate(prompts: list[str | dict[str, Any]] | None = None, *,
                     dry_run: bool = False,
                     max_items: int | None = None,
                     max_cost: float | None = None,
+                    shard_size: int | None = None,
+                    max_shards_running: int = 4,
+                    shard_deployment: str | None = None,
                     raise_on_failure: bool = True,
                     url_ttl: int | None = None) -> BatchResult:
     """Generate images into S3 and return them, once the batch has ended (``generate`` is
@@ -141,6 +144,12 @@ async def agenerate(prompts: list[str | dict[str, Any]] | None = None, *,
             run would pay for.
         max_items, max_cost: refuse (``BudgetError``, an ``InputError``) a plan that would
             pay for more submissions, or cost more, than this; nothing is sent.
+        shard_size: split a batch with more items to run than this into shards, each a
+            ``generate-shard`` flow run (default ``FLASHGEN_SHARD_SIZE``; None: one run);
+            the result is still one batch.
+        max_shards_running: shards running at once; ``concurrency`` is shared among them.
+        shard_deployment: run the shards on this deployment ("generate-shard/<name>", on
+            its work pool's workers); default: as subflows in this process.
         raise_on_failure: raise ``BatchFailedError`` when the batch is not ``ok`` (after
             every success is stored); False returns the result to inspect.
         url_ttl: seconds the image links work (default ``FLASHGEN_GALLERY_URL_TTL``, at
@@ -156,7 +165,8 @@ async def agenerate(prompts: list[str | dict[str, Any]] | None = None, *,
                   bucket=bucket, prefix=prefix, concurrency=concurrency, force=force,
                   batch_id=batch_id, strict=strict, max_failure_ratio=max_failure_ratio,
                   resubmit_ambiguous=resubmit_ambiguous, run_date=run_date, dry_run=dry_run,
-                  max_items=max_items, max_cost=max_cost)
+                  max_items=max_items, max_cost=max_cost, shard_size=shard_size,
+                  max_shards_running=max_shards_running, shard_deployment=shard_deployment)
     if url_ttl is not None and not 1 <= url_ttl <= 7 * 24 * 3600:
         raise InputError(f"url_ttl: must be 1 to 604800 seconds (7 days), got {url_ttl}",
                          field="url_ttl")

@@ -190,6 +190,14 @@ def batch(
         "FLASHGEN_PRICE_PER_IMAGE).")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Also copy the batch's images and an offline gallery into this folder.")] = None,
+    shard_size: Annotated[int | None, typer.Option(
+        help="Split a batch with more items to run than N into shards, each run by a "
+        "generate-shard flow run (default FLASHGEN_SHARD_SIZE; unset: one run).")] = None,
+    max_shards_running: Annotated[int, typer.Option(
+        help="Shards running at once; --concurrency is shared among them.")] = 4,
+    shard_deployment: Annotated[str | None, typer.Option(
+        help="Run the shards on this deployment (generate-shard/NAME, on its work pool); "
+        "default: in this process.")] = None,
 ) -> None:
     """Generate a batch of images into S3 (runs the generate-images flow).
 
@@ -206,7 +214,8 @@ def batch(
                   bucket=bucket, prefix=prefix, concurrency=concurrency, force=force,
                   batch_id=batch_id, strict=strict, max_failure_ratio=max_failure_ratio,
                   resubmit_ambiguous=resubmit_ambiguous, dry_run=dry_run,
-                  max_items=max_items, max_cost=max_cost)
+                  max_items=max_items, max_cost=max_cost, shard_size=shard_size,
+                  max_shards_running=max_shards_running, shard_deployment=shard_deployment)
     try:
         BatchOptions.parse(**params)  # the flow checks again; this fails before Prefect starts
         _preflight(out)

@@ -2,7 +2,10 @@
 
 ``FLASHGEN_FAILPOINT=NAME[:N]`` kills the process, as an OOM killer or a pulled plug would,
 the N-th time (default the first) any task passes the boundary ``NAME``. Unset (always, in
-production) a failpoint costs one dictionary lookup. A batch's boundaries (``POINTS``), in a
+production) a failpoint costs one dictionary lookup. With ``FLASHGEN_FAILPOINT_ONCE=PATH`` only
+the first process to reach it dies (the one that creates ``PATH``): several processes
+sharing one environment, such as the shard runs of one work pool, lose one of them, and
+its rerun passes. A batch's boundaries (``POINTS``), in a
 job's order, then the listener's (``LISTENER_POINTS``):
 
     claim      before the ledger is asked about the item
@@ -35,5 +38,16 @@ def failpoint(name: str) -> None:
     if wanted != name:
         return
     _passed[name] += 1
-    if _passed[name] >= int(nth or 1):
+    if _passed[name] >= int(nth or 1) and _first_to_die():
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _first_to_die() -> bool:
+    once = os.environ.get("FLASHGEN_FAILPOINT_ONCE")
+    if not once:
+        return True
+    try:
+        os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True

@@ -23,6 +23,7 @@ from flashgen.models import DEFAULT_MODEL
 from flashgen.storage import safe_segment
 
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_SHARD_DEPLOYMENT = re.compile(r"generate-shard/[^/\s]+")
 _PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/=-]*")
 
 
@@ -47,6 +48,20 @@ class BatchOptions(BaseModel):
     dry_run: bool = False
     max_items: int | None = Field(None, ge=0)
     max_cost: float | None = Field(None, ge=0)
+    # Sharding (flashgen.shards): a batch with more items to run than shard_size is split,
+    # each shard run by a child flow run, at most max_shards_running at once; on the
+    # deployment shard_deployment ("generate-shard/<name>") or, without one, in-process.
+    shard_size: int | None = Field(None, ge=1)
+    max_shards_running: int = Field(4, ge=1, le=1000)
+    shard_deployment: str | None = None
+
+    @field_validator("shard_deployment")
+    @classmethod
+    def _shard_deployment(cls, value: str | None) -> str | None:
+        if value is not None and not _SHARD_DEPLOYMENT.fullmatch(value):
+            raise ValueError("name a deployment of the generate-shard flow, e.g. "
+                             "generate-shard/process")
+        return value
 
     @field_validator("batch_id")
     @classmethod

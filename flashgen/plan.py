@@ -15,7 +15,7 @@ and checks it against ``--max-items`` / ``--max-cost``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -97,28 +97,36 @@ class RunPlan(BaseModel):
 
 
 def census(store: Store, items: Iterable[Item], *, force: bool = False,
-           resubmit_ambiguous: bool = False) -> tuple[Counter[str], dict[str, Stored]]:
+           resubmit_ambiguous: bool = False,
+           each: Callable[[Item, str], None] | None = None,
+           ) -> tuple[Counter[str], dict[str, Stored]]:
     """Ledger states of ``items`` (counted) and where the already stored ones are.
 
     Reads at most ``LEDGER_READERS`` entries at a time, whatever the number of items.
+    ``each(item, state)`` (a ``RunPlan`` field name: ``stored``, ``in_flight``,
+    ``ambiguous``, ``to_send``) sees every item as it is counted: a sharded batch deals
+    its items into shards in the same pass (``flashgen.shards``).
     """
     counts: Counter[str] = Counter()
     stored: dict[str, Stored] = {}
     for item, found in _bounded_map(store.read_ledger, items, LEDGER_READERS):
         state = found[0].state if found else None
         if state == LedgerState.STORED and found and not force:
-            counts["stored"] += 1
+            kind = "stored"
             # A rerun's manifest row points at them too (its gallery shows the whole batch).
             entry = found[0]
             stored[item.fingerprint] = Stored(entry.request_id, entry.record_uri,
                                               tuple(entry.image_uris))
         elif state == LedgerState.SUBMITTED and found and found[0].request_id:
-            counts["in_flight"] += 1
+            kind = "in_flight"
         elif state in (LedgerState.AMBIGUOUS, LedgerState.LOST, LedgerState.SENDING,
                        LedgerState.CLAIMED) and not resubmit_ambiguous:
-            counts["ambiguous"] += 1
+            kind = "ambiguous"
         else:
-            counts["to_send"] += 1
+            kind = "to_send"
+        counts[kind] += 1
+        if each is not None:
+            each(item, kind)
     return counts, stored
 
 

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     s3_sse: Literal["AES256", "aws:kms"] | None = None
     s3_kms_key_id: str | None = None
     api_concurrency: int = Field(4, ge=1)
+    # A batch with more items to run than this is split into shards (flashgen.shards);
+    # None: never, unless a run asks with its shard_size parameter.
+    shard_size: int | None = Field(None, ge=1)
     concurrency_limit: str = "runcomfy-api"
     # Covers one submit: the client's submit budget with its retries, plus margin.
     send_lease: float = Field(90.0, gt=0)

@@ -59,6 +59,10 @@ class BatchStop:
         self._deadline = time.monotonic() + self.grace
         self._event.set()
 
+    async def wait(self) -> None:
+        """Return once the stop is requested."""
+        await self._event.wait()
+
     def grace_left(self) -> float:
         """Seconds the running jobs may still take (all of ``grace`` before a stop)."""
         if self._deadline is None:

@@ -9,6 +9,9 @@ Layout, under a configurable bucket and prefix (``Layout`` is the one place that
     <prefix>/manifests/<batch_id>.summary.json        row counts per state, written after it
     <prefix>/galleries/<batch_id>.html                the batch's HTML gallery (flashgen.gallery)
     <prefix>/catalog/dt=YYYY-MM-DD/<batch_id>.parquet  the batch's catalog rows (flashgen.catalog)
+    <prefix>/shards/<batch_id>/<n>.items.jsonl        a sharded batch's shard n (flashgen.shards),
+    <prefix>/shards/<batch_id>/<n>.manifest.jsonl     its rows, and how its run ended
+    <prefix>/shards/<batch_id>/<n>.outcome.json
 
 ``<fp>`` is the item's fingerprint (``fingerprint`` in every method; a full object key is an
 ``s3_key``); YYYY/MM/DD is the UTC date of the ``when`` the caller passes (pass one ``when``
@@ -178,6 +181,16 @@ class Layout:
     def batch_source(self, batch_id: str, suffix: str) -> str:
         """The batch's copy of its local prompt file: ``fg/batches/<id>.source.csv``."""
         return self.path("batches", f"{safe_segment(batch_id, 'batch_id')}.source{suffix}")
+
+    def shard(self, batch_id: str, index: int, part: str) -> str:
+        """A shard's ``items``, ``manifest`` or ``outcome`` file (``flashgen.shards``).
+
+        >>> Layout("fg").shard("b1", 3, "items")
+        'fg/shards/b1/00003.items.jsonl'
+        """
+        suffix = {"items": "items.jsonl", "manifest": "manifest.jsonl",
+                  "outcome": "outcome.json"}[part]
+        return self.path("shards", safe_segment(batch_id, "batch_id"), f"{index:05d}.{suffix}")
 
     def gallery(self, batch_id: str) -> str:
         return self.path("galleries", f"{safe_segment(batch_id, 'batch_id')}.html")
@@ -411,13 +424,19 @@ class Store:
         """Upload a spooled JSONL manifest (``flashgen.manifest``), then its summary
         (with ``extra`` fields, e.g. the batch's ``spend``)."""
         s3_key = self.layout.manifest(batch_id)
+        self.put_file(s3_key, path, NDJSON)
+        self._put_summary(batch_id, s3_key, counts, extra)
+        return self.uri(s3_key)
+
+    def put_file(self, s3_key: str, path: Path, content_type: str) -> str:
+        """Upload the local file ``path`` at ``s3_key``, streamed (it may be larger than
+        memory) and checksummed; returns its URI."""
         digest = hashlib.sha256()
-        with open(path, "rb") as handle:  # streamed: a manifest may be larger than memory
+        with open(path, "rb") as handle:
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
             handle.seek(0)
-            self._put(s3_key, handle, NDJSON, digest=digest.digest())
-        self._put_summary(batch_id, s3_key, counts, extra)
+            self._put(s3_key, handle, content_type, digest=digest.digest())
         return self.uri(s3_key)
 
     def _put_summary(self, batch_id: str, s3_key: str, counts: dict[str, int],

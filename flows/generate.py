@@ -20,6 +20,10 @@
    and catalog are built from the spool as streams, and the batch's event and table
    artifact follow.
 
+A batch with more items to run than its shard size (``shard_size``, FLASHGEN_SHARD_SIZE)
+runs step 3 in shards instead, each a ``generate-shard`` flow run of this same pipeline
+(``flashgen.flows.shards``); steps 1, 2 and 4 stay here, once for the whole batch.
+
 A cancelled run (SIGTERM from its worker, Ctrl-C) stops as ``flashgen.stopping`` says: no
 new submits, queued jobs cancelled at the API, running ones given their grace; then step 4
 for what was done, the ``flashgen.batch.cancelled`` event, and the run ends Cancelled.
@@ -34,7 +38,7 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
@@ -68,6 +72,7 @@ from flashgen.pricing import Price, price_for
 from flashgen.records import ImageRecord, ItemState, ManifestRow, Timings
 from flashgen.reruns import Rerun, record_batch
 from flashgen.settings import Settings, get_settings, resolve_token
+from flashgen.shards import ShardOutcome, ShardWriter
 from flashgen.sources import (
     BatchPlan,
     Item,
@@ -78,7 +83,7 @@ from flashgen.sources import (
     rows_from_prompts,
 )
 from flashgen.stopping import BatchStop
-from flashgen.storage import Store, parse_s3_uri
+from flashgen.storage import NDJSON, Store, parse_s3_uri
 from flashgen.views import BatchViews, publish_batch_views
 from flashgen.flows.cancel import quiet_cancelled_finish
 from flashgen.flows.events import BATCH_FAILED_STATE, REFUSED_STATE
@@ -88,6 +93,9 @@ from flashgen.flows.summary import BatchSummary, artifact_key, emit_batch_event,
 from flashgen.flows.views import publish_view_artifacts
 from flashgen.tasks.context import BatchContext, StorageBreaker, SubmitBudget, prefect_run_over
 from flashgen.tasks.generation import Steps, forget
+
+if TYPE_CHECKING:
+    from flashgen.flows.shards import ShardRun
 
 SUBMIT_RATE_LIMIT = "runcomfy-submit"
 # A request_id that cannot exist: asking for its status costs nothing and proves the token.
@@ -121,6 +129,9 @@ async def generate_images(
     dry_run: bool = False,
     max_items: int | None = None,
     max_cost: float | None = None,
+    shard_size: int | None = None,
+    max_shards_running: int = 4,
+    shard_deployment: str | None = None,
 ) -> BatchSummary | State:
     """Generate a batch of images into S3.
 
@@ -144,6 +155,12 @@ async def generate_images(
         max_items: refuse to send more than this many paid submissions.
         max_cost: refuse to spend more than this many USD, at the model's catalog price
             (or FLASHGEN_PRICE_PER_IMAGE).
+        shard_size: split a batch with more items to run than this into shards, each run
+            by a child flow run (default FLASHGEN_SHARD_SIZE; None: one run). See
+            ``flashgen.flows.shards``.
+        max_shards_running: shards running at once; ``concurrency`` is shared among them.
+        shard_deployment: run each shard on this deployment of ``generate-shard``
+            ("generate-shard/<name>", on a work pool); None: as subflows in this process.
     """
     try:
         options = BatchOptions.parse(
@@ -151,7 +168,8 @@ async def generate_images(
             bucket=bucket, prefix=prefix, concurrency=concurrency, force=force,
             batch_id=batch_id, strict=strict, max_failure_ratio=max_failure_ratio,
             resubmit_ambiguous=resubmit_ambiguous, run_date=run_date, dry_run=dry_run,
-            max_items=max_items, max_cost=max_cost)
+            max_items=max_items, max_cost=max_cost, shard_size=shard_size,
+            max_shards_running=max_shards_running, shard_deployment=shard_deployment)
         return _final(await run_batch(options))
     except (InputError, AuthenticationError) as exc:
         return _refused(exc, batch_id)
@@ -225,24 +243,32 @@ def _final(summary: BatchSummary) -> BatchSummary | State:
 
 
 async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
-                    settings: Settings | None = None, rerun: Rerun | None = None
-                    ) -> BatchSummary:
+                    settings: Settings | None = None, rerun: Rerun | None = None,
+                    shard: ShardRun | None = None) -> BatchSummary:
     """Run one batch as ``options`` say (``rows`` instead of a source, for one-off calls).
 
     The batch's record (``flashgen.reruns``) is written before anything is sent; a
     ``rerun`` of a recorded batch sends only the items it selects and keeps the record.
+    A batch with more items to run than its shard size is planned here and run in shards
+    (``flashgen.flows.shards``); ``shard`` runs one of them: its items, under the batch's
+    id, its rows written for the parent to merge (no record, views, table or event).
     """
     log = get_run_logger()
     settings = settings or get_settings()
-    batch_id = options.batch_id or _default_batch_id()
+    batch_id = shard.batch_id if shard else options.batch_id or _default_batch_id()
     run_date = (options.run_date or _scheduled_date()).isoformat()
 
     store = Store.from_settings(settings, bucket=options.bucket, prefix=options.prefix)
-    stop = BatchStop(settings.cancel_grace)
-    with stop.signals(), tempfile.TemporaryDirectory(prefix="flashgen-run-") as workdir:
+    # A shard run in the parent's process stops with the parent (its signals are the
+    # parent's); any other run takes SIGTERM and SIGINT over itself.
+    inherited = shard is not None and shard.stop is not None
+    stop = shard.stop if inherited else BatchStop(settings.cancel_grace)
+    signals = contextlib.nullcontext() if inherited else stop.signals()
+    with signals, tempfile.TemporaryDirectory(prefix="flashgen-run-") as workdir:
+        shards = _shard_writer(options, settings, Path(workdir), rerun, shard)
         # Announced before planning (a dry run sends nothing and is not): other runs leave
         # this one its share while it plans (flashgen.flows.slots, "Fairness").
-        async with _api_slots(settings, options) as slots:
+        async with _api_slots(settings, options, group=shard and batch_id) as slots:
             token = await resolve_token(settings)
             async with RunComfyClient.from_settings(settings, token) as client:
                 await _check_token(client)
@@ -251,23 +277,41 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
                                         override=settings.price_per_image)
                 plan, run_plan, stored = await _make_plan(options, settings, store, rows,
                                                           Path(workdir), batch_id, run_date,
-                                                          price, rerun)
+                                                          price, rerun, shard, shards)
+                if shards is not None:
+                    shards.close()  # every item is dealt
                 if options.dry_run:
                     return BatchSummary(batch_id=batch_id, plan=run_plan, dry_run=True,
                                         flow_run_id=runtime_flow_run.get_id())
-                if rerun is None:
+                if rerun is None and shard is None:
                     await asyncio.to_thread(record_batch, store, options, batch_id=batch_id,
                                             run_date=run_date, rows=rows,
                                             flow_run_id=runtime_flow_run.get_id())
-                ctx = _context(options, settings, store, client, batch_id, run_plan,
-                               Path(workdir), stop)
                 manifest = ManifestSpool(Path(workdir) / "manifest.jsonl")
                 for row in _plan_rows(plan):
                     manifest.add(row)
                 records: dict[str, ImageRecord] = {}
-                await _run_items(ctx, plan, stored, manifest, records, slots, rerun)
-                halted = ctx.breaker.reason
+                shard_stopped = None
+                if shards is not None and shards.items > shards.size:
+                    from flashgen.flows.shards import ShardedBatch, run_shards  # imports us
+
+                    slots.plan(jobs=0)  # the shards run the jobs; this run holds their mark
+                    for item, found in shards.stored_items(stored):
+                        manifest.add(_stored_row(item, found))
+                    halted, shard_stopped = await run_shards(
+                        ShardedBatch(options=options, settings=settings, store=store,
+                                     batch_id=batch_id, run_date=run_date,
+                                     shards=shards.shards, run_plan=run_plan,
+                                     workdir=Path(workdir)), manifest, stop)
+                else:
+                    ctx = _context(options, settings, store, client, batch_id, run_plan,
+                                   Path(workdir), stop)
+                    await _run_items(ctx, plan, stored, manifest, records, slots, rerun)
+                    halted = ctx.breaker.reason
         spend = manifest.spend.model_copy(update={"planned_usd": run_plan.estimated_cost})
+        if shard is not None:
+            return await _shard_done(shard, store, manifest, spend, halted, stop.reason,
+                                     run_plan)
         try:
             manifest_uri = await asyncio.to_thread(
                 store.put_manifest_file, batch_id, manifest.close(), dict(manifest.counts),
@@ -286,7 +330,8 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
         flow_run_url=url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None,
         deployment=runtime_deployment.name, max_failure_ratio=options.max_failure_ratio,
         plan=run_plan, halted=halted, gallery_url=views.gallery_url if views else None,
-        catalog_uri=views.catalog_uri if views else None, spend=spend, stopped=stop.reason)
+        catalog_uri=views.catalog_uri if views else None, spend=spend,
+        stopped=stop.reason or shard_stopped)
     log.info("%s; manifest %s", summary.describe(), manifest_uri)
     await publish_table(summary, summary.rows)
     emit_batch_event(summary)
@@ -295,13 +340,16 @@ async def run_batch(options: BatchOptions, *, rows: list[Row] | None = None,
 
 async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
                      rows: list[Row] | None, workdir: Path, batch_id: str, run_date: str,
-                     price: Price, rerun: Rerun | None = None
+                     price: Price, rerun: Rerun | None = None, shard: ShardRun | None = None,
+                     shards: ShardWriter | None = None,
                      ) -> tuple[BatchPlan, RunPlan, dict[str, Stored]]:
     """Every row read and checked, the bucket probed, the ledger read: what the run will do,
-    logged, published and held against the budget, before anything is paid for."""
+    logged, published and held against the budget, before anything is paid for. A shard's
+    plan is its items; a batch that may be sharded deals its items into ``shards`` as the
+    ledger is read."""
     log = get_run_logger()
     # In a thread: a large prompt file takes a while to read and must not stall the loop.
-    plan = await asyncio.to_thread(
+    plan = shard.plan if shard else await asyncio.to_thread(
         plan_batch, rows if rows is not None else _rows(options, store, workdir),
         defaults=options.defaults, model_id=options.model_id, variables={"date": run_date})
     if plan.rows == 0:
@@ -316,15 +364,16 @@ async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
     await asyncio.to_thread(store.check_writable)
     counts, stored = await asyncio.to_thread(
         census, store, _items(plan, rerun), force=options.force,
-        resubmit_ambiguous=options.resubmit_ambiguous)
+        resubmit_ambiguous=options.resubmit_ambiguous, each=shards and shards.add)
     run_plan = RunPlan(rows=plan.rows, items=plan.items, invalid=len(plan.invalid),
                        duplicates=len(plan.duplicates),
                        price_per_image=price.per_image, price_source=price.source,
                        **counts)
-    log.info("batch %s plan:\n%s", batch_id, "\n".join(run_plan.lines()))
+    name = f"{batch_id} shard {shard.index}" if shard else batch_id
+    log.info("batch %s plan:\n%s", name, "\n".join(run_plan.lines()))
     await acreate_markdown_artifact(
-        key=artifact_key("plan", batch_id), markdown=_plan_markdown(batch_id, run_plan),
-        description=f"what batch {batch_id} will do before it pays")
+        key=artifact_key("plan", name), markdown=_plan_markdown(name, run_plan),
+        description=f"what batch {name} will do before it pays")
     problem = run_plan.over_budget(max_items=options.max_items, max_cost=options.max_cost)
     if problem:
         raise BudgetError(f"{problem}; nothing sent. " + "; ".join(run_plan.lines()[-3:]))
@@ -460,12 +509,47 @@ async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: dict[str, Store
                           slots.counters)
 
 
-def _api_slots(settings: Settings, options: BatchOptions
+def _api_slots(settings: Settings, options: BatchOptions, group: str | None = None
                ) -> contextlib.AbstractAsyncContextManager[ApiSlots | None]:
     if options.dry_run:
         return contextlib.nullcontext(None)
     return ApiSlots(settings.concurrency_limit,
-                    wanted=options.concurrency or settings.api_concurrency)
+                    wanted=options.concurrency or settings.api_concurrency, group=group)
+
+
+def _shard_writer(options: BatchOptions, settings: Settings, workdir: Path,
+                  rerun: Rerun | None, shard: ShardRun | None) -> ShardWriter | None:
+    """Where a batch that may be sharded deals its items while it plans (None: it is not:
+    a shard, a rerun, a dry run, or no shard size)."""
+    size = options.shard_size or settings.shard_size
+    if size is None or shard is not None or rerun is not None or options.dry_run:
+        return None
+    return ShardWriter(workdir / "shards", size)
+
+
+async def _shard_done(shard: ShardRun, store: Store, manifest: ManifestSpool, spend: Any,
+                      halted: str | None, stopped: str | None, run_plan: RunPlan
+                      ) -> BatchSummary:
+    """A shard's end: its rows and outcome beside its items, for the parent to merge."""
+    layout = store.layout
+    await asyncio.to_thread(store.put_file, layout.shard(shard.batch_id, shard.index,
+                                                         "manifest"), manifest.close(), NDJSON)
+    outcome = ShardOutcome(index=shard.index, flow_run_id=runtime_flow_run.get_id(),
+                           rows=manifest.total, halted=halted, stopped=stopped,
+                           counts={str(state): n for state, n in manifest.counts.items()})
+    await asyncio.to_thread(store.put_json, layout.shard(shard.batch_id, shard.index, "outcome"),
+                            outcome)
+    summary = BatchSummary.from_spool(
+        shard.batch_id, manifest, flow_run_id=runtime_flow_run.get_id(), plan=run_plan,
+        halted=halted, spend=spend, stopped=stopped, deployment=runtime_deployment.name)
+    get_run_logger().info("shard %s of %s", shard.index, summary.describe())
+    return summary
+
+
+def _stored_row(item: Item, found: Stored) -> ManifestRow:
+    return _row(item, ItemState.SKIPPED, "already stored").model_copy(update={
+        "request_id": found.request_id, "metadata_uri": found.record_uri,
+        "image_uris": list(found.image_uris)})
 
 
 async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots,

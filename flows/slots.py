@@ -58,6 +58,13 @@ and visible in the UI:
 * ``<limit>:short`` — per *short* run (every job it has left fits in the limit at once:
   an on-demand run of a few images), as many slots as it has jobs waiting for one.
 
+A sharded batch (``flashgen.shards``) is ONE run here, however many shards run at once:
+its parent holds the batch's ``runs`` mark, and each shard run (``group=<batch id>``)
+marks ``<limit>:group:<batch id>`` instead, one slot per shard running. A shard's fair
+share is the batch's (``limit // runs``) divided among the shards running, so fifty shards
+beside a 3-image run count as two runs, not fifty-one; a shard is never short (its batch
+is not). The parent removes the group's limit when the batch ends (``forget_group``).
+
 When a job ends and its run has another job waiting, the slot is handed over locally
 unless another run needs it more, and then it goes back to the server, and this run's
 acquirer stays out of the way so the other run's acquirer takes it within one poll
@@ -166,9 +173,13 @@ class _View:
     runs: int = 1
     others_starved: int = 0
     others_short: int = 0  # slots that short runs (see the module doc) are waiting for
+    members: int = 1  # runs of this run's group (the shards of one batch), itself included
 
     def fair_share(self) -> int:
-        return max(1, self.limit // max(self.runs, 1))
+        """This run's fair share: the run's, or its group's divided among its members (which
+        may be 0: a shard then gives a starved run every slot whose job ends)."""
+        share = max(1, self.limit // max(self.runs, 1))
+        return share if self.members <= 1 else share // self.members
 
 
 class ApiSlots:
@@ -176,16 +187,18 @@ class ApiSlots:
 
     ``wanted`` caps the slots this run holds; ``jobs`` is how many jobs it will run (None
     while it is still planning: see ``plan``); ``poll_interval`` is how often the run's one
-    acquirer asks the server while jobs wait and the limit is full. ``logger`` defaults to
+    acquirer asks the server while jobs wait and the limit is full; ``group`` makes the run
+    one shard of a sharded batch (see "A sharded batch" in the module doc). ``logger`` defaults to
     the Prefect run logger inside a run, else ``logging.getLogger("flashgen.slots")``.
     """
 
     def __init__(self, limit_name: str, wanted: int, *, jobs: int | None = None,
-                 poll_interval: float = 0.25,
+                 poll_interval: float = 0.25, group: str | None = None,
                  logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
         if wanted < 1:
             raise ValueError(f"wanted must be at least 1, not {wanted}")
         self.limit_name = limit_name
+        self.group = group  # a shard's batch id: its siblings and it count as one run
         self.wanted = wanted
         self.jobs = jobs
         self.started = 0  # jobs that have had a slot
@@ -221,7 +234,12 @@ class ApiSlots:
             self._view = _View(limit=found.limit, active=found.active_slots)
             for role in ("runs", "starved", "short"):
                 self._marks[role] = _Mark(self._client, await self._companion(role))
-            await self._marks["runs"].set(True)
+            if self.group is None:
+                await self._marks["runs"].set(True)
+            else:  # the batch's parent holds its runs mark; a shard counts among its siblings
+                self._marks["group"] = _Mark(self._client,
+                                             await self._companion(group_role(self.group)))
+                await self._marks["group"].set(True)
             await self._set_starved(self._planning())  # announced: leave room while we plan
             self._background.append(asyncio.create_task(self._renew_forever()))
         self._background.append(asyncio.create_task(self._acquire_forever()))
@@ -305,8 +323,9 @@ class ApiSlots:
                 and time.monotonic() - self._announced_at < PLANNING_GRACE)
 
     def _short(self) -> bool:
-        """Every job this run has left fits in the limit at once."""
-        return (self.jobs is not None and self._view.limit > 0
+        """Every job this run has left fits in the limit at once (never a shard's: its
+        batch is larger than the shard)."""
+        return (self.group is None and self.jobs is not None and self._view.limit > 0
                 and self.jobs - self.started <= self._view.limit)
 
     def _next_waiter(self) -> asyncio.Future[_Slot] | None:
@@ -433,15 +452,16 @@ class ApiSlots:
         wants more slots; a run at its cap only needs the view for job-end decisions, so it
         reads it a quarter as often."""
         names = [self.limit_name] + [mark.name for mark in self._marks.values()]
-        limit, runs, starved, short = await asyncio.gather(
+        limit, runs, starved, short, *group = await asyncio.gather(
             *(self._read_limit(n) for n in names))
-        if limit is None or runs is None or starved is None or short is None:
+        if None in (limit, runs, starved, short, *group):
             return  # deleted under us: keep the last view; leases still bound us
         mine = {role: mark.count for role, mark in self._marks.items()}
         self._view = _View(limit=limit.limit, active=limit.active_slots,
                            runs=max(runs.active_slots, 1),
                            others_starved=max(starved.active_slots - mine["starved"], 0),
-                           others_short=max(short.active_slots - mine["short"], 0))
+                           others_short=max(short.active_slots - mine["short"], 0),
+                           members=max(group[0].active_slots, 1) if group else 1)
         self._yielded_to_short = 0
         self._view_due = time.monotonic() + self.poll_interval * (1 if wants_more else 4)
         waiting = self._waiting()
@@ -512,6 +532,19 @@ class ApiSlots:
             if await self._read_limit(name) is None:
                 raise
         return name
+
+
+def group_role(group: str) -> str:
+    """The companion limit's role that counts the running shards of batch ``group``."""
+    return f"group:{group}"
+
+
+async def forget_group(limit_name: str, group: str) -> None:
+    """Remove a finished batch's group limit (``<limit>:group:<batch id>``), if it exists."""
+    async with get_client() as client:
+        with contextlib.suppress(ObjectNotFound):
+            await client.delete_global_concurrency_limit_by_name(
+                f"{limit_name}:{group_role(group)}")
 
 
 def _default_logger() -> logging.Logger | logging.LoggerAdapter:

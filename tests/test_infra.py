@@ -222,9 +222,9 @@ def deployments() -> dict[str, dict]:
 
 def test_every_deployment_names_pool_tags_and_a_concurrency_limit(deployments):
     assert set(deployments) == {"scheduled-content", "inbox", "on-demand", "inbox-sensor",
-                                "resume", "retry", "on-demand-docker"}
+                                "resume", "retry", "on-demand-docker", "process", "docker"}
     for name, d in deployments.items():
-        pool = "flashgen-docker" if name.endswith("-docker") else "flashgen-process"
+        pool = "flashgen-docker" if "docker" in d["tags"] else "flashgen-process"
         assert d["work_pool"]["name"] == pool, name
         assert "flashgen" in d["tags"], name
         assert d["concurrency_limit"]["limit"] >= 1, name

@@ -11,6 +11,7 @@ progress across every run of a test, and checks the limit at every moment one st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -183,6 +184,40 @@ async def test_a_run_still_planning_is_left_its_fair_share(prefect_api):
             await run_jobs(alone_again, 8, in_flight, seconds=1.0)
         assert alone_again.counters.max_held == 4
     assert max(in_flight.seen) <= 4
+
+
+async def test_the_shards_of_one_batch_count_as_one_run(prefect_api):
+    """A sharded batch runs 4 shards at once under a limit of 4. A 24-image run arriving
+    beside it gets the fair share of two runs (2 slots), not of six (1): the batch's
+    parent holds its one mark among the runs, and its shards (``group``: the batch id)
+    share the batch's share among themselves."""
+    name = await new_limit(4)
+    in_flight = InFlight()
+    shards_done: list[int] = []
+    async with contextlib.AsyncExitStack() as held:
+        parent = await held.enter_async_context(ApiSlots(name, wanted=4))
+        parent.plan(jobs=0)  # it planned; its shards run the jobs
+        shards = [await held.enter_async_context(
+            ApiSlots(name, wanted=4, jobs=30, group="batch-x")) for _ in range(4)]
+        batch = asyncio.ensure_future(asyncio.gather(
+            *(run_jobs(shard, 30, in_flight, shards_done) for shard in shards)))
+        await eventually("the shards holding the limit",
+                         lambda: _true(sum(s.held for s in shards) == 4), 60)
+        held_while_long: list[int] = []
+        async with ApiSlots(name, wanted=4, jobs=24) as other:
+            async def job() -> None:
+                async with other.slot():
+                    if other.jobs - other.started > 4:  # with 4 or fewer left it is short
+                        held_while_long.append(other.held)
+                    await in_flight.job()
+
+            await asyncio.gather(*(job() for _ in range(24)))
+        shards_done_when_other_finished = len(shards_done)
+        await batch
+    assert max(held_while_long) >= 2
+    assert shards_done_when_other_finished < 120  # the batch was still running
+    assert max(in_flight.seen) <= 4
+    assert await active_slots(f"{name}:runs") == 0
 
 
 async def test_a_missing_limit_still_limits_to_wanted(prefect_api, caplog):

@@ -654,6 +654,51 @@ def test_a_run_whose_heartbeats_stop_is_marked_crashed_and_announced(stack):
     assert "unchanged  automation flashgen-crash-unresponsive-runs" in again, again
 
 
+def test_a_sharded_batch_on_the_work_pool_survives_a_killed_shard_paying_nothing_twice(stack):
+    """`flashgen batch --shard-size 3 --shard-deployment ...`: 7 items in 3 shards, each a
+    generate-shard run on the work pool's workers (run_deployment), 2 at a time. The first
+    shard run to have a request_id in the ledger is killed there (SIGKILL, the `submitted`
+    failpoint, once); its worker marks it Crashed and the parent runs that shard again,
+    which resumes the paid job instead of resending it. The batch completes: every item
+    stored once, 7 submissions and none twice, one manifest and gallery for all shards."""
+    # generate-shard as deployed, on the same pool, with the failpoint in its runs' env.
+    shard = stack.deployment("generate-shard/process")
+    killed_marker = stack.tmp / "shard-killed"
+    stack.post("/deployments/", {
+        **{k: shard[k] for k in ("flow_id", "entrypoint", "path", "pull_steps", "work_pool_name",
+                                 "work_queue_name", "tags", "parameter_openapi_schema")},
+        "name": "it-killed-once", "job_variables": {"env": {
+            "FLASHGEN_FAILPOINT": "submitted", "FLASHGEN_FAILPOINT_ONCE": str(killed_marker)}}})
+    prompts = [f"Lantern {n} of {stack.marker[:6]}, ink wash" for n in range(7)]
+    before = stack.emulator_stats()
+
+    output = stack.run([PYTHON, "-m", "flashgen.cli", "batch", *(a for p in prompts
+                                                                 for a in ("-p", p)),
+                        "--batch-id", "it-sharded", "--shard-size", "3",
+                        "--max-shards-running", "2", "--concurrency", "2",
+                        "--shard-deployment", "generate-shard/it-killed-once"], timeout=900)
+
+    assert killed_marker.exists(), output
+    runs = stack.runs_of("generate-shard/it-killed-once")
+    by_index: dict[int, list[str]] = {}
+    for run in runs:
+        by_index.setdefault(run["parameters"]["index"], []).append(run["state_type"])
+    assert sorted(by_index) == [0, 1, 2], by_index
+    # One run was killed and ran again; every shard ended with one completed run.
+    assert sorted(state for states in by_index.values() for state in states) == [
+        "COMPLETED", "COMPLETED", "COMPLETED", "CRASHED"], (by_index, stack.logs())
+    after = stack.emulator_stats()
+    assert after["submissions"] - before["submissions"] == len(prompts)
+    assert after["duplicate_submissions"] == before["duplicate_submissions"]
+    rows = manifest(stack, "it-sharded")
+    assert len(rows) == len(prompts) and {r["state"] for r in rows} == {"stored"}, rows
+    assert_stored(stack, rows, prompts)
+    s3 = s3_client(stack)
+    gallery = s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/galleries/it-sharded.html")
+    page = gallery["Body"].read().decode()
+    assert all(p in page for p in prompts)
+
+
 def _daily(hour: int, zone: ZoneInfo, after: datetime) -> list[datetime]:
     """The next days' ``hour``:00 local time in ``zone`` (what ``0 hour * * *`` means)."""
     day = after.astimezone(zone).date()

@@ -92,6 +92,46 @@ def test_ctrl_c_cancels_queued_jobs_stores_the_running_one_and_resume_finishes(s
     assert api.stats()["cancelled"] == stats["cancelled"]
 
 
+@pytest.mark.parametrize("stack", [EmulatorConfig(workers=1, job_time=2.0, tokens=[TOKEN])],
+                         indirect=True)
+def test_ctrl_c_on_a_sharded_batch_stops_its_shards_and_resume_finishes(stack, tmp_path):
+    """Ctrl-C on a batch run in shards (here in-process subflows): the shards running stop as
+    one batch does (queued jobs cancelled, the running one stored), the shards not started
+    never start, the parent writes one manifest of what was done and exits 130; a resume
+    finishes the batch paying for nothing twice."""
+    api, env, s3, prefix = stack
+    source = _source(tmp_path, 6)
+    run = subprocess.Popen([*FLASHGEN, "batch", str(source), "--concurrency", "2",
+                            "--shard-size", "2", "--max-shards-running", "2",
+                            "--batch-id", "cli-cancel-shards"], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: api.stats()["jobs_by_status"].get("in_progress", 0) == 1
+                 and api.stats()["jobs_by_status"].get("in_queue", 0) >= 1, 180, every=0.05)
+        os.kill(run.pid, signal.SIGINT)  # what Ctrl-C sends
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    stats = api.stats()
+    assert stats["cancelled"] >= 1 and stats["jobs_by_status"].get("in_queue", 0) == 0, stats
+    rows = _manifest(s3, prefix, "cli-cancel-shards")
+    states = sorted(r["state"] for r in rows)
+    assert len(rows) == 6 and "stored" in states and "cancelled" in states, rows
+    assert "failed" not in states
+    assert any("not sent" in (r["reason"] or "") for r in rows)  # the shard never started
+
+    done = _flashgen(env, "resume", "cli-cancel-shards")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _manifest(s3, prefix, "cli-cancel-shards")
+    assert sorted(r["state"] for r in rows) == ["skipped"] * states.count("stored") + [
+        "stored"] * (6 - states.count("stored")), rows
+    completed = [j for j in api.job_times() if j["status"] == "completed"]
+    assert len(completed) == 6  # one paid job per item: nothing paid twice
+
+
 @pytest.mark.parametrize("stack", [EmulatorConfig(
     workers=8, job_time=0.3, tokens=[TOKEN], faults=["job:fail:0.4"], fault_seed=3)],
     indirect=True)
