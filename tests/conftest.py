@@ -177,9 +177,11 @@ def flashgen_image(tmp_path_factory):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """The fault campaign's figures (schedules, runs, invariants checked), when it ran."""
-    from tests.faults.campaign import CAMPAIGN
+    from tests.faults.campaign import CAMPAIGN_PROPERTY, Tally
 
-    tally = config.stash.get(CAMPAIGN, None)
-    if tally is not None:
+    tallies = [value for reports in terminalreporter.stats.values() for report in reports
+               if getattr(report, "when", None) == "call"
+               for name, value in report.user_properties if name == CAMPAIGN_PROPERTY]
+    if tallies:
         terminalreporter.write_sep("-", "fault campaign")
-        terminalreporter.write_line(tally.line())
+        terminalreporter.write_line(Tally.total(tallies).line())

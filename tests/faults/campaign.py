@@ -32,8 +32,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from flashgen.failpoints import POINTS
 from flashgen.records import ItemState, LedgerEntry, LedgerState
 
@@ -62,8 +60,9 @@ ODD_SETTINGS = [
     {"FLASHGEN_POLL_INITIAL": "0.01", "FLASHGEN_POLL_MAXIMUM": "0.05"},
     {"FLASHGEN_JOB_TIME_PRIOR": "0.01"}, {"FLASHGEN_STORAGE_BREAKER": "1"},
 ]
-# The campaign's figures across its tests, for the terminal summary (tests/conftest.py).
-CAMPAIGN = pytest.StashKey["Tally"]()
+# Each campaign test's figures, a property of its report, for the terminal summary
+# (tests/conftest.py adds them up).
+CAMPAIGN_PROPERTY = "fault_campaign"
 FINAL = {LedgerState.STORED, LedgerState.FAILED, LedgerState.AMBIGUOUS, LedgerState.LOST}
 
 
@@ -134,6 +133,17 @@ class Tally:
     runs: int = 0
     invariants: int = 0  # checks passed
     failed: list[int] = field(default_factory=list)  # seeds
+
+    @classmethod
+    def total(cls, tallies: list[dict]) -> Tally:
+        """One tally from each schedule's (``dataclasses.asdict``)."""
+        total = cls(base_seed=min((t["base_seed"] for t in tallies), default=0))
+        for t in tallies:
+            total.schedules += t["schedules"]
+            total.runs += t["runs"]
+            total.invariants += t["invariants"]
+            total.failed += t["failed"]
+        return total
 
     def line(self) -> str:
         text = (f"{self.schedules} schedule(s) passed from FUZZ_SEED={self.base_seed}: "
