@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from prefect import Task, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
+from prefect.states import Failed, State
 from prefect.utilities.collections import visit_collection
 from pydantic import BaseModel
 
@@ -50,7 +53,7 @@ from flashgen.records import ImageRecord, Timings
 from flashgen.settings import Settings
 from flashgen.sources import Item
 from flashgen.tasks.context import BatchContext
-from flashgen.tasks.policy import task_options
+from flashgen.tasks.policy import retried, task_options
 
 
 class Submission(BaseModel):
@@ -72,19 +75,6 @@ class JobFinished(BaseModel):
     # Why the job was not waited for: the batch stopped while it was queued (cancelled at
     # the API) or still running after its grace (its request_id stays in the ledger).
     stopped: str | None = None
-
-
-class FetchedFile(BaseModel):
-    """One verified output waiting in the spool folder; hashed once, here."""
-
-    path: str
-    content_type: str
-    size: int
-    sha256: str
-    width: int | None = None
-    height: int | None = None
-    source_host: str | None = None
-    cost: float | None = None  # USD the API says the job cost; on the job's first file only
 
 
 class StoredFiles(BaseModel):
@@ -228,76 +218,82 @@ async def _lost(ctx: BatchContext, item: Item, request_id: str, exc: NotFoundErr
     raise JobLostError(f"lost: {reason}", request_id=request_id) from None
 
 
-@task(name="fetch", task_run_name="fetch-line-{item.line}", **task_options())
-async def fetch(ctx: BatchContext, item: Item, request_id: str) -> list[FetchedFile]:
-    """Download every output (no token sent), decode it fully, spool it.
+@task(name="fetch-and-store", task_run_name="fetch-line-{item.line}", **task_options())
+async def fetch_and_store(ctx: BatchContext, item: Item, request_id: str, timings: Timings,
+                          polls: int, attempts: int) -> StoredFiles:
+    """Download every output (no token sent) and decode it fully; then put each file and its
+    metadata record in S3 and mark the ledger stored.
 
-    A file that does not decode is a transient error: the retry fetches it again from the
-    request_id (the job is paid; it is never resubmitted).
+    Every output is verified before any is stored. A file that does not decode is a
+    transient error, and so is an S3 outage: the retry fetches again from the request_id
+    (the job is paid; it is never resubmitted) and the writes are idempotent.
     """
-    fetched = []
     try:
         result = await ctx.client.result(request_id, include_cost=True)
         downloads = await ctx.client.fetch_outputs(request_id, result)
     except NotFoundError as exc:
         await _lost(ctx, item, request_id, exc, None)
-    for index, download in enumerate(downloads):
-        size = verify_output(download.content, download.content_type, request_id=request_id)
-        path = Path(ctx.spool) / f"{request_id}-{index}"
-        await asyncio.to_thread(path.write_bytes, download.content)
-        fetched.append(FetchedFile(
-            path=str(path), content_type=download.content_type, size=len(download.content),
-            sha256=hashlib.sha256(download.content).hexdigest(),
-            width=size[0] if size else None, height=size[1] if size else None,
-            source_host=urlsplit(download.uri).hostname,
-            cost=result.cost if index == 0 else None))
+    sizes = [verify_output(d.content, d.content_type, request_id=request_id) for d in downloads]
     failpoint("fetched")
-    return fetched
-
-
-@task(name="store", task_run_name="store-line-{item.line}", **task_options())
-async def store(ctx: BatchContext, item: Item, request_id: str, files: list[FetchedFile],
-                timings: Timings, polls: int, attempts: int) -> StoredFiles:
-    """Put each file and its metadata record in S3, then mark the ledger stored."""
     when = _now()
     image_uris, record_uris, records = [], [], []
-    for index, file in enumerate(files):
-        data = await asyncio.to_thread(Path(file.path).read_bytes)
-        # S3 checks the bytes against the SHA-256 taken at fetch time: one hash per image.
-        obj = await asyncio.to_thread(ctx.store.put_image, item.fingerprint, data,
-                                      file.content_type, when=when, index=index,
-                                      sha256=file.sha256)
+    for index, (download, size) in enumerate(zip(downloads, sizes, strict=True)):
+        # S3 checks the bytes against this SHA-256: one hash per image.
+        sha256 = hashlib.sha256(download.content).hexdigest()
+        obj = await asyncio.to_thread(ctx.store.put_image, item.fingerprint, download.content,
+                                      download.content_type, when=when, index=index,
+                                      sha256=sha256)
         record = ImageRecord(
             fingerprint=item.fingerprint, model=item.model_id, inputs=item.inputs,
             request_id=request_id,
-            image_uri=obj.uri, content_type=file.content_type, size=obj.size, sha256=obj.sha256,
-            width=file.width, height=file.height, output_index=index,
-            source_host=file.source_host, timings=timings.model_copy(update={"stored_at": _now()}),
+            image_uri=obj.uri, content_type=download.content_type, size=obj.size,
+            sha256=obj.sha256, width=size[0] if size else None,
+            height=size[1] if size else None, output_index=index,
+            source_host=urlsplit(download.uri).hostname,
+            timings=timings.model_copy(update={"stored_at": _now()}),
             polls=polls, attempts=attempts, batch_id=ctx.batch_id, flow_run_id=ctx.flow_run_id,
-            deployment=ctx.deployment, cost=file.cost)
+            deployment=ctx.deployment, cost=result.cost if index == 0 else None)
         record_uris.append(await asyncio.to_thread(ctx.store.put_record, record, when=when))
         image_uris.append(obj.uri)
         records.append(record)
     await asyncio.to_thread(ctx.ledger.record_stored, item_ref(ctx, item), request_id, attempts,
                             record_uri=record_uris[0] if record_uris else None,
                             image_uris=image_uris)
-    for file in files:
-        Path(file.path).unlink(missing_ok=True)
     failpoint("stored")
     return StoredFiles(image_uris=image_uris, record_uris=record_uris, records=records)
 
 
+@task(name="generate-group", task_run_name="lines-{first}-{last}", retries=0,
+      cache_policy=NO_CACHE, persist_result=False)
+async def generate_group(first: int, last: int, items: int,
+                         run: Callable[[], Awaitable[list[str]]]) -> State | None:
+    """One task run for a group of ``items`` items (lines ``first`` to ``last``) of a large
+    batch: ``run`` runs each of them through submit, wait and fetch-and-store as the steps'
+    functions (``Steps.call``), each step retried on its own as its task would be, and
+    returns what failed. The task itself is never retried: a retry is per item, and the
+    ledger makes it safe. It ends Failed, naming the failures, when any item failed."""
+    failures = await run()
+    if failures:
+        return Failed(message=f"{len(failures)} of {items} item(s) failed: "
+                              + "; ".join(failures[:3]))
+    return None
+
+
 @dataclass(frozen=True)
 class Steps:
-    """The four tasks with one run's settings bound (timeouts and retry delay)."""
+    """The tasks of one item with one run's settings bound (timeouts and retry delay).
+
+    ``inline`` (inside a ``generate_group`` task run): ``call`` runs a step's function with
+    the retries, delays and timeout of its task, and makes no task run of its own.
+    """
 
     submit: Task
     wait: Task
-    fetch: Task
-    store: Task
+    fetch_and_store: Task
+    inline: bool = False
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Steps:
+    def for_settings(cls, settings: Settings, *, inline: bool = False) -> Steps:
         delay = settings.task_retry_delay
 
         def bind(step: Task, timeout: float) -> Task:
@@ -307,9 +303,29 @@ class Steps:
         return cls(
             submit=bind(submit, settings.send_lease * 4),
             wait=bind(wait, settings.job_deadline + 300),
-            fetch=bind(fetch, 900),
-            store=bind(store, 900),
+            fetch_and_store=bind(fetch_and_store, 1800),
+            inline=inline,
         )
+
+    async def call(self, step: Task, *args: Any) -> Any:
+        """Run ``step``: a task run of its own, or (inline) its function with its task's
+        retries (``flashgen.tasks.policy.retried``), retry delays and timeout."""
+        if not self.inline:
+            return await step(*args)
+        delays = step.retry_delay_seconds
+        for attempt in range(step.retries + 1):
+            try:
+                async with asyncio.timeout(step.timeout_seconds):
+                    return await step.fn(*args)
+            except Exception as exc:
+                if attempt == step.retries or not retried(step.name, exc):
+                    raise
+                delay = delays[min(attempt, len(delays) - 1)] if isinstance(
+                    delays, list) else (delays or 0)
+                jitter = step.retry_jitter_factor or 0
+                await timing.sleep(delay * random.uniform(1 - jitter, 1 + jitter)
+                                   if delay else 0)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def forget(*results: Any) -> None:
