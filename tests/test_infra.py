@@ -300,3 +300,9 @@ def test_the_iam_policy_allows_no_delete_and_no_bucket_admin():
     assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions
     resources = {r for s in policy["Statement"] for r in s["Resource"]}
     assert resources == {"arn:aws:s3:::images-prod", "arn:aws:s3:::images-prod/flashgen/*"}
+
+
+def test_the_production_notes_start_the_server_with_flashgens_server_settings():
+    notes = (ROOT / "infra" / "PRODUCTION.md").read_text()
+    for variable, value in SERVER_SETTINGS.items():
+        assert f"export {variable}={value}\n" in notes, variable
