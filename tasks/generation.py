@@ -1,18 +1,55 @@
-"""The four steps of one generation as Prefect tasks: submit, wait until complete, fetch, store.
+"""The steps of one generation as Prefect tasks: submit, wait until complete, fetch and store.
 
 Each task is thin: ``flashgen.ledger`` decides what may be paid for, the client talks to
 the API, the store writes S3; the task adds Prefect's retries (transient errors only, see
 ``flashgen.tasks.policy``) and a run name that says which line it works on. ``Steps.for_settings``
-binds the run's settings (timeouts, retry delay) to the tasks once per flow run.
+binds the run's settings (timeouts, retry delay) to the tasks once per flow run. The tasks
+are async and awaited directly (no task runner threads), persist no results and cache
+nothing; what they return is small, never image bytes.
 
-What a task run costs (``python -m bench --only taskruns``, on the bench's 2-core machine,
-server on PostgreSQL): about 3.4 ms of the flow process's CPU and 31 ms of the server's (its
-database included), and a task run, 3 states, 3 events and 9 event-resource rows. Four per
-image is most of the server's load (README, "Tests and benchmarks"). We keep four: each step
-retries on its own (a refetch never resubmits), and an operator sees in the UI which step of
-which line failed. The tasks are async and awaited directly (no task runner threads),
-persist no results and cache nothing; what they return is small (fetched files wait in a
-spool folder), never image bytes.
+How many task runs an image gets, decided by measurement (``python -m bench``, the 2-core
+machine, the Prefect server on PostgreSQL, CPU seconds of the flow's process and of the
+server with its database, ``single``: 1,000 images, concurrency 16, 2 s jobs, beside the
+plain asyncio script of bench/baseline.py in the same invocation):
+
+- **Before:** four task runs per image (submit, wait, fetch, store) on a server with
+  Prefect's default settings cost 68.5 ms of flow CPU and 190 ms of server CPU per image,
+  18.4× the script's 14.0 ms; and the server recorded 3,871 of the 4,000 task runs it
+  was sent (its task-run recorder writes one transaction per event, keeps up with about
+  17 task runs/s, and its in-memory queue drops what is past 10,000 messages).
+- **Where it went:** a task run costs the server about 31 ms of CPU by default (10 with
+  the recorder batched, ``taskruns``) and the flow 3.4–5 ms, plus, in flashgen's flow, Prefect's walk over
+  the task's parameters and its links to their results: about 8 ms of flow CPU per task
+  run in a py-spy profile, more than half the flow's CPU. Four per image cannot fit in 3×
+  a 14 ms script whatever the server does: even a lean server's 7 ms per task run is 28 ms.
+- **Chosen:** (1) fetch and store are one task (``fetch_and_store``): one task run less
+  per item, and the bytes go to S3 from memory instead of through a spool file; (2) a batch
+  with at least ``FLASHGEN_TASK_GROUP_FROM`` (100) items to send runs them
+  ``FLASHGEN_TASK_GROUP_SIZE`` (16) to a ``generate-group`` task run (lines first to last,
+  Failed naming its failed items if any): inside it each item runs the same step
+  functions, each with its task's own retries, delays and timeout (``Steps.call``), so a
+  retry is still per item and per step, and the ledger still makes it safe; (3) the
+  server's task-run recorder and event persister write in batches
+  (``flashgen.infra.prefect_server.SERVER_SETTINGS``; infra/PRODUCTION.md says what an
+  operator gains and loses). A smaller batch keeps a task run per step of every item in
+  the UI (three per image): there it costs well under a second of CPU a batch.
+- **After** (the same invocation style, two runs on a machine shared with other work):
+  43.0 ms flow + 11.4 ms server = 54.4 ms per image, 3.9× the script's 13.8 ms (an
+  earlier run: 39.8 + 15.3 = 55.1, 3.4× the script's 16.0), down from 18.4×; 63 task runs
+  for 1,000 images, every one recorded. The goal was 3×. What is left is flashgen's own
+  work, not Prefect's: in a py-spy profile of the flow about half its CPU is the API client
+  (httpx for the submit, the polls, the result and the download, with the client's retry,
+  scrubbing and output-address checks), then five S3 writes per image where the script
+  makes one (the ledger's claim, request_id and stored marks, the image, its record),
+  and the full decode; and about 4–6 ms of the server's figure is its idle background
+  (0.024 CPU-s/s, Prefect's docket scheduler) over the run's wall time.
+  ``taskruns`` (1,000 no-op task runs, batched recorder): 5.0 ms flow, 10.1 ms server per
+  task run, all recorded.
+- **Not chosen:** the Redis broker (no 10,000-message cap, but more server CPU on one
+  machine than the in-memory broker; what several API replicas need); the event persister
+  off (empties the UI's event feed for about a tenth of the server's CPU); task-run loggers
+  at WARNING (with one task run per 16 items there is nearly nothing left to save, and it
+  would hide INFO logs written inside tasks).
 """
 
 from __future__ import annotations
