@@ -18,9 +18,9 @@ plain asyncio script of bench/baseline.py in the same invocation):
   was sent (its task-run recorder writes one transaction per event, keeps up with about
   17 task runs/s, and its in-memory queue drops what is past 10,000 messages).
 - **Where it went:** a task run costs the server about 31 ms of CPU by default (10 with
-  the recorder batched, ``taskruns``) and the flow 3.4–5 ms, plus, in flashgen's flow, Prefect's walk over
-  the task's parameters and its links to their results: about 8 ms of flow CPU per task
-  run in a py-spy profile, more than half the flow's CPU. Four per image cannot fit in 3×
+  the recorder batched, ``taskruns``) and the flow 3.4–5 ms; in flashgen's flow, with
+  Prefect's walk over the task's parameters and its links to their results, about 8 ms
+  per task run in a py-spy profile, more than half the flow's CPU. Four per image cannot fit in 3×
   a 14 ms script whatever the server does: even a lean server's 7 ms per task run is 28 ms.
 - **Chosen:** (1) fetch and store are one task (``fetch_and_store``): one task run less
   per item, and the bytes go to S3 from memory instead of through a spool file; (2) a batch
