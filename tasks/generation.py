@@ -43,8 +43,11 @@ plain asyncio script of bench/baseline.py in the same invocation):
   makes one (the ledger's claim, request_id and stored marks, the image, its record),
   and the full decode; and about 4–6 ms of the server's figure is its idle background
   (0.024 CPU-s/s, Prefect's docket scheduler) over the run's wall time.
-  ``taskruns`` (1,000 no-op task runs, batched recorder): 5.0 ms flow, 10.1 ms server per
-  task run, all recorded.
+  ``taskruns`` (no-op task runs, batched recorder): 1,000 at 55/s all recorded (5.0 ms
+  flow, 10.1 ms server each); 10,000 at 100/s, 5,131 recorded: the in-memory broker's
+  10,000-message queue still overflows when task runs come faster than the recorder
+  writes them, which flashgen's one task run per 16 items never does; for bursts from
+  other flows, the Redis broker (infra/PRODUCTION.md).
 - **Not chosen:** the Redis broker (no 10,000-message cap, but more server CPU on one
   machine than the in-memory broker; what several API replicas need); the event persister
   off (empties the UI's event feed for about a tenth of the server's CPU); task-run loggers
