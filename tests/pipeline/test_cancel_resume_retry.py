@@ -62,8 +62,10 @@ def test_ctrl_c_cancels_queued_jobs_stores_the_running_one_and_resume_finishes(s
     """Also with the items run two to a task run, as a large batch runs them: the stop
     reaches items waiting for a slot inside a group's task run, and nothing hangs."""
     api, env, s3, prefix = stack
-    if group:
-        env = {**env, "FLASHGEN_TASK_GROUP_FROM": "1", "FLASHGEN_TASK_GROUP_SIZE": str(group)}
+    if group:  # its own prefix: the other variant's items are stored under the shared one
+        prefix = f"{prefix}-groups"
+        env = {**env, "FLASHGEN_TASK_GROUP_FROM": "1", "FLASHGEN_TASK_GROUP_SIZE": str(group),
+               "FLASHGEN_PREFIX": prefix}
     source = _source(tmp_path, 5)
     run = subprocess.Popen([*FLASHGEN, "batch", str(source), "--concurrency", "3",
                             "--batch-id", "cli-cancel"], env=env, stdout=subprocess.PIPE,
