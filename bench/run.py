@@ -1,5 +1,6 @@
-"""``python -m bench [--quick] [--only single,shared,...]``: every scenario beside its
-baseline, a table on stdout, and ``bench/results.json`` (scenario → figures).
+"""``python -m bench [--quick] [--only single,shared,...] [--server-defaults]``: every
+scenario beside its baseline, a table on stdout, and ``bench/results.json`` (scenario →
+figures).
 
 single    1,000 images, concurrency 16, 2 s jobs; beside it ``baseline``, the script a user
           would write (bench/baseline.py) on the same workload
@@ -8,10 +9,15 @@ late      a 400-image run, and a 4-image run 10 s later, limit 4
 scale     10,000 images, 0.2 s jobs, concurrency 64
 scale-out 4,000 images, concurrency 32, 1 s jobs, sharded across 4 process workers
           (bench/scale_out.py), beside the same batch in one run
-taskruns  4,000 no-op Prefect task runs with flashgen's task options, 16 at a time: what
-          one task run costs the flow process and the server, and the rows it writes
+taskruns  10,000 no-op Prefect task runs with flashgen's task options, 16 at a time: what
+          one task run costs the flow process and the server, the rows it writes, and
+          whether the server recorded them all
 --quick runs a tenth of each; --only runs some and updates just their figures in
-results.json. Flows run in this process (its CPU is the flow's) against a
+results.json; --server-defaults runs the Prefect server with Prefect's own settings
+instead of flashgen's (``SERVER_SETTINGS`` in infra/prefect_server.py), and writes nothing.
+A flow's server CPU counts until the server has recorded every task run the flow sent
+(``task_runs_sent`` against ``task_runs_recorded``); ``total_cpu_ms_per_image`` is the
+flow's and the server's together. Flows run in this process (its CPU is the flow's) against a
 real ``prefect server`` subprocess on a fresh database of the local PostgreSQL (their CPU
 read from /proc; see bench/services.py), moto's S3 server and the emulator in processes
 of their own. Prefect logs at WARNING, to keep the output readable.
@@ -40,6 +46,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tenth of the size")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of {', '.join(SCENARIOS)}")
+    parser.add_argument("--server-defaults", action="store_true",
+                        help="the Prefect server with Prefect's default settings, not "
+                             "flashgen's; results.json is left alone")
     args = parser.parse_args()
     os.environ.update(PREFECT_HOME=tempfile.mkdtemp(prefix="flashgen-bench-"),
                       PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING",
@@ -66,16 +75,18 @@ def main() -> None:
     wanted |= {n for n in plan if n.split("_")[0] in chosen}
     results: dict[str, dict[str, Any]] = {}
     kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    with Services() as services:
+    with Services(server_settings={} if args.server_defaults else None) as services:
         for name, run in plan.items():
             if name in wanted:
                 print(f"running {name} ...", flush=True)
                 results[name] = run(services)
                 # Written after each scenario: a later one that breaks loses only itself.
-                RESULTS.write_text(json.dumps(merged(kept, results, quick=args.quick),
-                                              indent=2, default=str))
+                if not args.server_defaults:
+                    RESULTS.write_text(json.dumps(merged(kept, results, quick=args.quick),
+                                                  indent=2, default=str))
     print(table(results))
-    print(f"figures in {RESULTS}")
+    if not args.server_defaults:
+        print(f"figures in {RESULTS}")
 
 
 def merged(kept: dict[str, Any], results: dict[str, Any], *, quick: bool) -> dict[str, Any]:

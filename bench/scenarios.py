@@ -31,13 +31,13 @@ class Sizes:
     late_big: int = 400
     late_small: int = 4
     scale: int = 10_000
-    task_runs: int = 4000
+    task_runs: int = 10_000
     scale_out: int = 4000
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(single=100, shared=20, late_big=40, late_small=4, scale=1000,
-                   task_runs=400, scale_out=400)
+                   task_runs=1000, scale_out=400)
 
 
 def single(services: Services, sizes: Sizes) -> dict[str, Any]:
@@ -107,21 +107,32 @@ def scale(services: Services, sizes: Sizes) -> dict[str, Any]:
 
 def _one_flow(services: Services, run: str, n: int, c: int, job: float, *,
               job_figures: bool) -> dict[str, Any]:
-    """One flow run of ``n`` images at concurrency ``c`` against ``job``-second jobs."""
+    """One flow run of ``n`` images at concurrency ``c`` against ``job``-second jobs.
+
+    The server's CPU is counted until it has recorded every task run the flow sent (it
+    records them from their events, after the flow has returned), or stopped recording.
+    """
+    from bench import taskruns
+
+    db = services.postgres
     with services.emulator(job) as api:
         _set_limit(c)
-        with ProcessCost(services) as cost:
+        before = taskruns.row_counts(db)["task_run"]
+        with ProcessCost(services) as cost, taskruns.SentTaskRuns() as sent:
             wall, summary = _timed(_flow(run, n, c))
+            recorded = taskruns.wait_recorded(db, before, len(sent.ids))
         figures = _job_figures(_records(run), api.job_times()) if job_figures else {}
         stats = api.stats()
     return {"images": n, "concurrency": c, "job_s": job, "wall_s": wall,
             "makespan_over_ideal": wall / _ideal(n, c, job), **figures, **_cost(cost, n),
+            "task_runs_sent": len(sent.ids), "task_runs_recorded": recorded,
             "failed_items": _failed(summary),
             "duplicate_submissions": stats["duplicate_submissions"]}
 
 
 def task_runs(services: Services, sizes: Sizes) -> dict[str, Any]:
-    """What one Prefect task run costs (bench/taskruns.py), beside the four per image."""
+    """What one Prefect task run costs (bench/taskruns.py), and whether the server records
+    every one of many sent quickly."""
     from bench import taskruns
 
     n, workers, db = sizes.task_runs, 16, services.postgres
@@ -213,4 +224,5 @@ def _first_submit(records: list[dict[str, Any]], jobs: dict[str, dict[str, Any]]
 def _cost(cost: ProcessCost, n: int) -> dict[str, float]:
     return {"flow_cpu_ms_per_image": 1000 * cost.flow_cpu_s / n,
             "server_cpu_ms_per_image": 1000 * cost.server_cpu_s / n,
+            "total_cpu_ms_per_image": 1000 * (cost.flow_cpu_s + cost.server_cpu_s) / n,
             "peak_rss_mb": cost.peak_rss_mb}

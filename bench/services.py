@@ -10,8 +10,8 @@ moto's S3 server, and the RunComfy emulator.
 PostgreSQL, not the SQLite file ``prefect server start`` defaults to: under this load SQLite
 answers writes with "database is locked" (503), and the Prefect client then sleeps 2 s
 even with its retries off (``prefect/client/base.py``), so every figure would measure
-SQLite's locks. The server's CPU counts PostgreSQL's processes too, so the bench must
-have the local PostgreSQL to itself.
+SQLite's locks. The server's CPU counts the backends of its PostgreSQL database too (not
+the other databases of the same PostgreSQL, which other checkouts' tests may be using).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -88,9 +89,11 @@ class Postgres:
             detail = getattr(exc, "stderr", None) or exc
             raise RuntimeError(f"the bench needs PostgreSQL at 127.0.0.1:5432 with trust auth "
                                f"for user {PGUSER} (FLASHGEN_BENCH_PGUSER): {detail}") from exc
+        self._start_sampling()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
         subprocess.run(["dropdb", "--force", *PG, self.name], capture_output=True, timeout=60)
 
     def counts(self, tables: tuple[str, ...]) -> dict[str, int]:
@@ -100,34 +103,82 @@ class Postgres:
                              capture_output=True, text=True, timeout=60).stdout
         return dict(zip(tables, (int(n) for n in out.strip().split("|")), strict=True))
 
-    @staticmethod
-    def cpu_seconds() -> float:
-        """CPU of every PostgreSQL process, and of the backends that have exited (their
-        CPU lands in the postmaster's children's time)."""
-        total = 0.0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                text = stat.read_text()
-            except OSError:  # exited meanwhile
-                continue
-            name = text[text.index("(") + 1:text.rindex(")")]
-            if not name.startswith("postgres"):
-                continue
-            fields = text.rsplit(")", 1)[1].split()
-            utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
-            total += utime + stime + cutime + cstime
-        return total / os.sysconf("SC_CLK_TCK")
+    def cpu_seconds(self) -> float:
+        """CPU of this database's backends (their titles name it): the other databases of
+        the same PostgreSQL are other people's (tests and benches of other checkouts).
+
+        A backend's CPU is gone from /proc once it exits, so a thread samples them every
+        ``SAMPLE_SECONDS`` and keeps each one's last figure; one that lives less than that
+        is missed (the server's pool keeps its connections).
+        """
+        self._sample()
+        return sum(self._seen.values())
+
+    SAMPLE_SECONDS = 0.5
+
+    def _start_sampling(self) -> None:
+        self._seen: dict[int, float] = {}
+        self._postmaster = _postmaster_pid()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+        def sample_forever() -> None:
+            while not self._stop.wait(self.SAMPLE_SECONDS):
+                self._sample()
+
+        self._sampler = threading.Thread(target=sample_forever, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        tag = f" {self.name} ".encode()
+        clock = os.sysconf("SC_CLK_TCK")
+        with self._lock:
+            for pid in _children(self._postmaster):
+                try:
+                    if tag not in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" "):
+                        continue
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:  # exited meanwhile
+                    continue
+                self._seen[pid] = (int(fields[11]) + int(fields[12])) / clock
+
+
+def _postmaster_pid() -> int:
+    """The PostgreSQL server's main process, the parent of every backend."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        ppid = int(text.rsplit(")", 1)[1].split()[1])
+        if name.startswith("postgres") and not name.startswith("postgres:") and (
+                Path(f"/proc/{ppid}/comm").read_text().strip() != "postgres"):
+            return int(stat.parent.name)
+    raise RuntimeError("no PostgreSQL server process found")
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += (int(c) for c in (task / "children").read_text().split())
+    return children
 
 
 class Services:
     """A Prefect server on PostgreSQL and moto's S3 for the whole bench; the environment
-    points at them."""
+    points at them. The server runs with flashgen's ``SERVER_SETTINGS``, or with
+    ``server_settings`` ({} for Prefect's defaults)."""
+
+    def __init__(self, server_settings: dict[str, str] | None = None) -> None:
+        self.server_settings = server_settings
 
     def __enter__(self) -> Services:
         self._stack = contextlib.ExitStack()
         self.postgres = self._stack.enter_context(Postgres())
         self.prefect = self._stack.enter_context(
-            PrefectServer(startup_timeout=240, database_url=self.postgres.url))
+            PrefectServer(startup_timeout=240, database_url=self.postgres.url,
+                          settings=self.server_settings))
         port = free_port()
         s3 = Process([sys.executable, "-m", "flashgen.infra.stack", "--port", str(port)],
                      f"http://127.0.0.1:{port}", "/")

@@ -29,6 +29,9 @@
                             from, over http too: "127.0.0.0/8" for the local emulator;
                             default none (https from public addresses only)
     FLASHGEN_TASK_RETRY_DELAY       first delay between Prefect task retries (doubles; 2 s)
+    FLASHGEN_TASK_GROUP_FROM / FLASHGEN_TASK_GROUP_SIZE   a batch with at least FROM items to
+                            send (default 100) runs them SIZE (default 16) to a Prefect task
+                            run; a smaller one, a task run per step of each item
     FLASHGEN_GALLERY_URL_TTL        seconds the gallery's presigned links work (default 7 days)
     FLASHGEN_STORAGE_BREAKER        S3 refusals in a row (403, no bucket) after which a run
                                     stops submitting (default 3)
@@ -107,6 +110,9 @@ class Settings(BaseSettings):
     poll_maximum: float = Field(5.0, gt=0)
     job_time_prior: float = Field(5.0, gt=0)
     task_retry_delay: float = Field(2.0, ge=0)
+    # What a task run costs decides these: flashgen.tasks.generation, its docstring.
+    task_group_from: int = Field(100, ge=1)
+    task_group_size: int = Field(16, ge=1)
     # 7 days is also the longest a SigV4-presigned S3 URL may live.
     gallery_url_ttl: int = Field(7 * 24 * 3600, ge=1, le=7 * 24 * 3600)
     # Outputs come over https from public addresses; these networks are allowed too.

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -92,7 +93,7 @@ from flashgen.flows.slots import ApiSlots
 from flashgen.flows.summary import BatchSummary, artifact_key, emit_batch_event, publish_table
 from flashgen.flows.views import publish_view_artifacts
 from flashgen.tasks.context import BatchContext, StorageBreaker, SubmitBudget, prefect_run_over
-from flashgen.tasks.generation import Steps, forget
+from flashgen.tasks.generation import Steps, forget, generate_group
 
 if TYPE_CHECKING:
     from flashgen.flows.shards import ShardRun
@@ -474,39 +475,82 @@ async def _run_items(ctx: BatchContext, plan: BatchPlan, stored: dict[str, Store
     """Run every item through a bounded pool of workers; each job holds one API slot.
 
     Items stream from the prompt file; at most ``2 × wanted`` are in progress at once (a
-    job's fetch and store overlap the next job's submit), whatever the batch's size.
+    job's fetch and store overlap the next job's submit), whatever the batch's size. A
+    batch of at least ``FLASHGEN_TASK_GROUP_FROM`` items to send runs them in groups of
+    ``FLASHGEN_TASK_GROUP_SIZE``, one task run per group (flashgen.tasks.generation says
+    why); a smaller one gives each step of each item a task run of its own.
     """
     pending = (rerun.to_send if rerun and rerun.to_send is not None else plan.items) - len(
         stored)
     progress = BatchProgress(plan.items, f"batch {ctx.batch_id}")
     await progress.start()
     (submit_limit,) = await _read_limits(SUBMIT_RATE_LIMIT)
-    steps = Steps.for_settings(ctx.settings)
+    size = ctx.settings.task_group_size if pending >= ctx.settings.task_group_from else 1
+    steps = Steps.for_settings(ctx.settings, inline=size > 1)
     items = plan.iter_items()
     wanted = min(slots.wanted, max(pending, 1))
     slots.plan(jobs=pending, wanted=wanted)
 
-    async def worker() -> None:
-        for item in items:  # one shared iterator: each worker takes the next item
-            if rerun is not None and not rerun.sends(item):
-                row = rerun.kept_row(item) or _row(item, ItemState.SKIPPED,
-                                                   f"not part of this {rerun.mode}")
-            elif item.fingerprint in stored:
-                found = stored[item.fingerprint]
-                row = _row(item, ItemState.SKIPPED, "already stored").model_copy(update={
-                    "request_id": found.request_id, "metadata_uri": found.record_uri,
-                    "image_uris": list(found.image_uris)})
-            elif ctx.stop.requested:
-                row = _not_sent(ctx, item)
-            else:
-                row = await _run_item(ctx, steps, item, slots, submit_limit is not None,
-                                      records)
-            manifest.add(row)
-            await progress.advance(row.state.value)
+    def not_run(item: Item) -> ManifestRow | None:
+        """The row of an item this run does not send, or None to send it."""
+        if rerun is not None and not rerun.sends(item):
+            return rerun.kept_row(item) or _row(item, ItemState.SKIPPED,
+                                                f"not part of this {rerun.mode}")
+        if item.fingerprint in stored:
+            found = stored[item.fingerprint]
+            return _row(item, ItemState.SKIPPED, "already stored").model_copy(update={
+                "request_id": found.request_id, "metadata_uri": found.record_uri,
+                "image_uris": list(found.image_uris)})
+        if ctx.stop.requested:
+            return _not_sent(ctx, item)
+        return None
 
-    await asyncio.gather(*(worker() for _ in range(min(2 * wanted, max(plan.items, 1)))))
+    async def done(row: ManifestRow) -> ManifestRow:
+        manifest.add(row)
+        await progress.advance(row.state.value)
+        return row
+
+    async def run(item: Item) -> ManifestRow:
+        return await done(await _run_item(ctx, steps, item, slots, submit_limit is not None,
+                                          records))
+
+    async def worker() -> None:
+        while True:
+            group = []
+            for item in items:  # one shared iterator: each worker takes the next items
+                row = not_run(item)
+                if row is not None:
+                    await done(row)
+                    continue
+                group.append(item)
+                if len(group) == size:
+                    break
+            if not group:
+                return
+            if size == 1:
+                await run(group[0])
+            else:
+                await _run_group(group, run)
+
+    workers = (min(2 * wanted, max(plan.items, 1)) if size == 1
+               else math.ceil(2 * wanted / size) + 1)
+    await asyncio.gather(*(worker() for _ in range(workers)))
     get_run_logger().info("API slots of %s: %s", ctx.settings.concurrency_limit,
                           slots.counters)
+
+
+async def _run_group(group: list[Item], run: Any) -> None:
+    """One ``generate-group`` task run for ``group``: its items run at once, each waiting
+    for its own API slot; the task run ends Failed, naming them, if any item failed."""
+
+    async def each() -> list[str]:
+        rows = await asyncio.gather(*(run(item) for item in group))
+        return [f"line {row.line}: {row.reason}" for row in rows
+                if row.state == ItemState.FAILED]
+
+    state = await generate_group(group[0].line, group[-1].line, len(group), each,
+                                 return_state=True)
+    forget(state)
 
 
 def _api_slots(settings: Settings, options: BatchOptions, group: str | None = None
@@ -557,7 +601,7 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
     log = get_run_logger()
     began = time.monotonic()
     row = _row(item, ItemState.FAILED, None)
-    sent = finished = files = stored = None
+    sent = finished = stored = None
     try:
         timings = Timings()
         async with contextlib.AsyncExitStack() as held:
@@ -568,7 +612,7 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
             if not got or ctx.stop.requested:
                 return _not_sent(ctx, item)
             ctx.breaker.check()  # S3 refuses for good: pay for nothing it cannot keep
-            sent = await steps.submit(ctx, item)
+            sent = await steps.call(steps.submit, ctx, item)
             if sent.action == Action.SKIP:
                 return _done(row, began, ItemState.SKIPPED, sent.reason,
                              request_id=sent.request_id, image_uris=sent.image_uris,
@@ -577,18 +621,17 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
                 return _done(row, began, ItemState.FAILED, sent.reason)
             row.request_id = sent.request_id
             timings.submitted_at = sent.submitted_at
-            finished = await steps.wait(ctx, item, sent.request_id, sent.attempts)
+            finished = await steps.call(steps.wait, ctx, item, sent.request_id, sent.attempts)
         if finished.stopped:
             return _done(row, began, ItemState.CANCELLED, finished.stopped)
         timings.started_at, timings.completed_at = finished.started_at, finished.completed_at
         try:
-            files = await steps.fetch(ctx, item, sent.request_id)
+            stored = await steps.call(steps.fetch_and_store, ctx, item, sent.request_id,
+                                      timings, finished.polls, sent.attempts)
         except DownloadError as exc:
             raise DownloadError(f"{exc.message}; the job is paid and its request_id kept in "
                                 "the ledger: a rerun fetches it again",
                                 request_id=sent.request_id) from exc
-        stored = await steps.store(ctx, item, sent.request_id, files, timings, finished.polls,
-                                   sent.attempts)
         records.update(zip(stored.record_uris, stored.records, strict=True))
         ctx.breaker.record(None)
         return _done(row, began, ItemState.STORED, None, image_uris=stored.image_uris,
@@ -600,7 +643,7 @@ async def _run_item(ctx: BatchContext, steps: Steps, item: Item, slots: ApiSlots
         return _done(row, began, ItemState.FAILED, f"{type(exc).__name__}: {exc}")
     finally:
         # Bounded memory: see flashgen.tasks.generation.forget.
-        forget(sent, finished, files, stored)
+        forget(sent, finished, stored)
 
 
 def _not_sent(ctx: BatchContext, item: Item) -> ManifestRow:

@@ -2,7 +2,8 @@
 
 The CLI registers a listener to draw its progress bar; the flow calls ``advance`` once per
 finished item. Artifact updates are throttled so a 1,000-item batch does not make 1,000
-API calls for a bar.
+API calls for a bar: at most one every ``min_interval`` seconds (5 by default; each costs
+the server a write, which at one a second was about 2 ms of its CPU per image in the bench).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def add_listener(listener: Listener) -> Callable[[], None]:
 
 
 class BatchProgress:
-    def __init__(self, total: int, description: str, *, min_interval: float = 1.0) -> None:
+    def __init__(self, total: int, description: str, *, min_interval: float = 5.0) -> None:
         self.total, self.done = total, 0
         self.description = description
         self.min_interval = min_interval

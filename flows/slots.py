@@ -381,10 +381,13 @@ class ApiSlots:
     async def _acquire_once(self) -> bool:
         """One round of the acquirer; True to go again at once, False to nap first."""
         if not self._waiting():
+            # Cleared before the marks are set, not after: a job that asks for a slot while
+            # they are on the wire wakes this round's wait instead of being forgotten (the
+            # run would wait for ever with no slot asked for).
+            self._wake.clear()
             planning = self._planning()
             await self._set_starved(planning)
             await self._set_short(0)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):  # planning ends by itself after its grace
                 await asyncio.wait_for(self._wake.wait(), PLANNING_GRACE if planning else None)
             return True

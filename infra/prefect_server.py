@@ -7,6 +7,9 @@ whose CPU can be measured.
         os.environ["PREFECT_API_URL"] = server.api_url
         ...
         server.cpu_seconds()   # user + system CPU the server process has used so far
+
+It runs with ``SERVER_SETTINGS``, the settings flashgen asks of every Prefect server
+(infra/PRODUCTION.md section 1 shows them, ``flashgen provision`` checks them).
 """
 
 from __future__ import annotations
@@ -24,17 +27,33 @@ import httpx
 
 from flashgen.infra.stack import free_port
 
+# What flashgen asks of the Prefect server (measured in bench/, figures in
+# flashgen.tasks.generation): the task-run recorder and the event persister write in
+# batches instead of one transaction per event. By default the recorder keeps up with about
+# 17 task runs/s on two cores, and its in-memory queue drops what is past 10,000 messages, so
+# the UI lost task runs of large batches; batched, the server's CPU per task run falls by
+# about two thirds. What an operator gains and loses with each: infra/PRODUCTION.md.
+SERVER_SETTINGS = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
+}
+
 
 class PrefectServer:
     """``prefect server start`` in a temporary home, stopped on exit: on SQLite there, or on
-    the PostgreSQL database ``database_url`` names (``postgresql+asyncpg://…``)."""
+    the PostgreSQL database ``database_url`` names (``postgresql+asyncpg://…``); with
+    ``SERVER_SETTINGS`` unless ``settings`` says otherwise (the bench compares them)."""
 
     def __init__(self, *, repossessor_seconds: float = 15.0, startup_timeout: float = 120.0,
-                 log: Path | None = None, database_url: str | None = None) -> None:
+                 log: Path | None = None, database_url: str | None = None,
+                 settings: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.database_url = database_url
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self._repossessor_seconds = repossessor_seconds
+        self.settings = SERVER_SETTINGS if settings is None else settings
         self._startup_timeout = startup_timeout
         self._home = tempfile.mkdtemp(prefix="flashgen-prefect-server-")
         self._log_path = log or Path(self._home) / "server.log"
@@ -44,7 +63,7 @@ class PrefectServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(PREFECT_HOME=self._home, PREFECT_SERVER_ANALYTICS_ENABLED="false",
                    PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS=str(self._repossessor_seconds),
-                   PREFECT_LOGGING_SERVER_LEVEL="WARNING")
+                   PREFECT_LOGGING_SERVER_LEVEL="WARNING", **self.settings)
         if self.database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         with open(self._log_path, "wb") as log:

@@ -22,7 +22,11 @@ difference, so a second run reports every item unchanged and writes nothing:
 - the work pools the deployments in prefect.yaml run on: the process pool and, when
   prefect-docker is installed (``flashgen[docker]``), the Docker pool for flashgen's image;
 - notification blocks (Slack, a generic JSON webhook) and the Secret block with the token;
-- the automations in ``deployments/automations.yaml``, sent to every flashgen alert block.
+- the automations in ``deployments/automations.yaml``, sent to every flashgen alert block;
+- the Prefect server's own settings that flashgen relies on (``SERVER_SETTINGS``, in
+  infra/prefect_server.py), read from the server: they are its environment, which no API
+  call can change, so one that differs is reported ``missing`` with the variable to set on
+  the server (infra/PRODUCTION.md, section 1).
 
 Nothing is deleted except duplicate automations of the same name.
 """
@@ -38,6 +42,7 @@ from typing import Any
 from uuid import UUID
 
 import boto3
+import prefect.settings
 import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect.automations import AutomationCore, EventTrigger, SendNotification
@@ -58,6 +63,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, field
 from flashgen.settings import DEFAULT_TOKEN_BLOCK, TOKEN_ENV, Settings, normalise_token
 from flashgen.storage import SSE_ALGORITHMS, Store, make_client
 from flashgen.flows.generate import SUBMIT_RATE_LIMIT
+from flashgen.infra.prefect_server import SERVER_SETTINGS
 
 AUTOMATIONS_FILE = Path(__file__).resolve().parent.parent / "deployments" / "automations.yaml"
 WORK_POOL = "flashgen-process"
@@ -125,6 +131,7 @@ class Outcome(StrEnum):
     UPDATED = "updated"
     UNCHANGED = "unchanged"
     SKIPPED = "skipped"
+    MISSING = "missing"  # only the operator can set it (the server's environment)
 
 
 @dataclass(frozen=True)
@@ -177,6 +184,27 @@ async def provision(config: ProvisionConfig, *, s3: Any = None, sqs: Any = None
         targets = await alert_block_ids()
         for automation in await desired_automations(client, config.automations_file, targets):
             changes.append(await ensure_automation(client, automation))
+        changes += await check_server_settings(client)
+    return changes
+
+
+async def check_server_settings(client: PrefectClient) -> list[Change]:
+    """Each of ``SERVER_SETTINGS`` as the server reports it (``GET /admin/settings``):
+    ``unchanged`` when it is as flashgen wants, else ``missing``, naming what to set."""
+    response = await client.request("GET", "/admin/settings")
+    if response.status_code != 200:
+        return [Change(Outcome.SKIPPED, "server settings", "-",
+                       f"the server does not show them (HTTP {response.status_code})")]
+    current = response.json()
+    changes = []
+    for variable, wanted in SERVER_SETTINGS.items():
+        value: Any = current
+        for key in getattr(prefect.settings, variable).accessor.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        same = value is not None and float(value) == float(wanted)
+        changes.append(Change(Outcome.UNCHANGED if same else Outcome.MISSING, "server setting",
+                              variable, wanted if same else
+                              f"is {value}; set {variable}={wanted} on the server"))
     return changes
 
 

@@ -1,32 +1,75 @@
-"""The four steps of one generation as Prefect tasks: submit, wait until complete, fetch, store.
+"""The steps of one generation as Prefect tasks: submit, wait until complete, fetch and store.
 
 Each task is thin: ``flashgen.ledger`` decides what may be paid for, the client talks to
 the API, the store writes S3; the task adds Prefect's retries (transient errors only, see
 ``flashgen.tasks.policy``) and a run name that says which line it works on. ``Steps.for_settings``
-binds the run's settings (timeouts, retry delay) to the tasks once per flow run.
+binds the run's settings (timeouts, retry delay) to the tasks once per flow run. The tasks
+are async and awaited directly (no task runner threads), persist no results and cache
+nothing; what they return is small, never image bytes.
 
-What a task run costs (``python -m bench --only taskruns``, on the bench's 2-core machine,
-server on PostgreSQL): about 3.4 ms of the flow process's CPU and 31 ms of the server's (its
-database included), and a task run, 3 states, 3 events and 9 event-resource rows. Four per
-image is most of the server's load (README, "Tests and benchmarks"). We keep four: each step
-retries on its own (a refetch never resubmits), and an operator sees in the UI which step of
-which line failed. The tasks are async and awaited directly (no task runner threads),
-persist no results and cache nothing; what they return is small (fetched files wait in a
-spool folder), never image bytes.
+How many task runs an image gets, decided by measurement (``python -m bench``, the 2-core
+machine, the Prefect server on PostgreSQL, CPU seconds of the flow's process and of the
+server with its database, ``single``: 1,000 images, concurrency 16, 2 s jobs, beside the
+plain asyncio script of bench/baseline.py in the same invocation):
+
+- **Before:** four task runs per image (submit, wait, fetch, store) on a server with
+  Prefect's default settings cost 68.5 ms of flow CPU and 190 ms of server CPU per image,
+  18.4× the script's 14.0 ms; and the server recorded 3,871 of the 4,000 task runs it
+  was sent (its task-run recorder writes one transaction per event, keeps up with about
+  17 task runs/s, and its in-memory queue drops what is past 10,000 messages).
+- **Where it went:** a task run costs the server about 31 ms of CPU by default (10 with
+  the recorder batched, ``taskruns``) and the flow 3.4–5 ms; in flashgen's flow, with
+  Prefect's walk over the task's parameters and its links to their results, about 8 ms
+  per task run in a py-spy profile, more than half the flow's CPU. Four per image cannot fit in 3×
+  a 14 ms script whatever the server does: even a lean server's 7 ms per task run is 28 ms.
+- **Chosen:** (1) fetch and store are one task (``fetch_and_store``): one task run less
+  per item, and the bytes go to S3 from memory instead of through a spool file; (2) a batch
+  with at least ``FLASHGEN_TASK_GROUP_FROM`` (100) items to send runs them
+  ``FLASHGEN_TASK_GROUP_SIZE`` (16) to a ``generate-group`` task run (lines first to last,
+  Failed naming its failed items if any): inside it each item runs the same step
+  functions, each with its task's own retries, delays and timeout (``Steps.call``), so a
+  retry is still per item and per step, and the ledger still makes it safe; (3) the
+  server's task-run recorder and event persister write in batches
+  (``flashgen.infra.prefect_server.SERVER_SETTINGS``; infra/PRODUCTION.md says what an
+  operator gains and loses). A smaller batch keeps a task run per step of every item in
+  the UI (three per image): there it costs well under a second of CPU a batch.
+- **After** (the same invocation style, two runs on a machine shared with other work):
+  43.0 ms flow + 11.4 ms server = 54.4 ms per image, 3.9× the script's 13.8 ms (an
+  earlier run: 39.8 + 15.3 = 55.1, 3.4× the script's 16.0), down from 18.4×; 63 task runs
+  for 1,000 images, every one recorded. The goal was 3×. What is left is flashgen's own
+  work, not Prefect's: in a py-spy profile of the flow about half its CPU is the API client
+  (httpx for the submit, the polls, the result and the download, with the client's retry,
+  scrubbing and output-address checks), then five S3 writes per image where the script
+  makes one (the ledger's claim, request_id and stored marks, the image, its record),
+  and the full decode; and about 4–6 ms of the server's figure is its idle background
+  (0.024 CPU-s/s, Prefect's docket scheduler) over the run's wall time.
+  ``taskruns`` (no-op task runs, batched recorder): 1,000 at 55/s all recorded (5.0 ms
+  flow, 10.1 ms server each); 10,000 at 100/s, 5,131 recorded: the in-memory broker's
+  10,000-message queue still overflows when task runs come faster than the recorder
+  writes them, which flashgen's one task run per 16 items never does; for bursts from
+  other flows, the Redis broker (infra/PRODUCTION.md).
+- **Not chosen:** the Redis broker (no 10,000-message cap, but more server CPU on one
+  machine than the in-memory broker; what several API replicas need); the event persister
+  off (empties the UI's event feed for about a tenth of the server's CPU); task-run loggers
+  at WARNING (with one task run per 16 items there is nearly nothing left to save, and it
+  would hide INFO logs written inside tasks).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from prefect import Task, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
+from prefect.states import Failed, State
 from prefect.utilities.collections import visit_collection
 from pydantic import BaseModel
 
@@ -50,7 +93,7 @@ from flashgen.records import ImageRecord, Timings
 from flashgen.settings import Settings
 from flashgen.sources import Item
 from flashgen.tasks.context import BatchContext
-from flashgen.tasks.policy import task_options
+from flashgen.tasks.policy import retried, task_options
 
 
 class Submission(BaseModel):
@@ -72,19 +115,6 @@ class JobFinished(BaseModel):
     # Why the job was not waited for: the batch stopped while it was queued (cancelled at
     # the API) or still running after its grace (its request_id stays in the ledger).
     stopped: str | None = None
-
-
-class FetchedFile(BaseModel):
-    """One verified output waiting in the spool folder; hashed once, here."""
-
-    path: str
-    content_type: str
-    size: int
-    sha256: str
-    width: int | None = None
-    height: int | None = None
-    source_host: str | None = None
-    cost: float | None = None  # USD the API says the job cost; on the job's first file only
 
 
 class StoredFiles(BaseModel):
@@ -228,76 +258,82 @@ async def _lost(ctx: BatchContext, item: Item, request_id: str, exc: NotFoundErr
     raise JobLostError(f"lost: {reason}", request_id=request_id) from None
 
 
-@task(name="fetch", task_run_name="fetch-line-{item.line}", **task_options())
-async def fetch(ctx: BatchContext, item: Item, request_id: str) -> list[FetchedFile]:
-    """Download every output (no token sent), decode it fully, spool it.
+@task(name="fetch-and-store", task_run_name="fetch-line-{item.line}", **task_options())
+async def fetch_and_store(ctx: BatchContext, item: Item, request_id: str, timings: Timings,
+                          polls: int, attempts: int) -> StoredFiles:
+    """Download every output (no token sent) and decode it fully; then put each file and its
+    metadata record in S3 and mark the ledger stored.
 
-    A file that does not decode is a transient error: the retry fetches it again from the
-    request_id (the job is paid; it is never resubmitted).
+    Every output is verified before any is stored. A file that does not decode is a
+    transient error, and so is an S3 outage: the retry fetches again from the request_id
+    (the job is paid; it is never resubmitted) and the writes are idempotent.
     """
-    fetched = []
     try:
         result = await ctx.client.result(request_id, include_cost=True)
         downloads = await ctx.client.fetch_outputs(request_id, result)
     except NotFoundError as exc:
         await _lost(ctx, item, request_id, exc, None)
-    for index, download in enumerate(downloads):
-        size = verify_output(download.content, download.content_type, request_id=request_id)
-        path = Path(ctx.spool) / f"{request_id}-{index}"
-        await asyncio.to_thread(path.write_bytes, download.content)
-        fetched.append(FetchedFile(
-            path=str(path), content_type=download.content_type, size=len(download.content),
-            sha256=hashlib.sha256(download.content).hexdigest(),
-            width=size[0] if size else None, height=size[1] if size else None,
-            source_host=urlsplit(download.uri).hostname,
-            cost=result.cost if index == 0 else None))
+    sizes = [verify_output(d.content, d.content_type, request_id=request_id) for d in downloads]
     failpoint("fetched")
-    return fetched
-
-
-@task(name="store", task_run_name="store-line-{item.line}", **task_options())
-async def store(ctx: BatchContext, item: Item, request_id: str, files: list[FetchedFile],
-                timings: Timings, polls: int, attempts: int) -> StoredFiles:
-    """Put each file and its metadata record in S3, then mark the ledger stored."""
     when = _now()
     image_uris, record_uris, records = [], [], []
-    for index, file in enumerate(files):
-        data = await asyncio.to_thread(Path(file.path).read_bytes)
-        # S3 checks the bytes against the SHA-256 taken at fetch time: one hash per image.
-        obj = await asyncio.to_thread(ctx.store.put_image, item.fingerprint, data,
-                                      file.content_type, when=when, index=index,
-                                      sha256=file.sha256)
+    for index, (download, size) in enumerate(zip(downloads, sizes, strict=True)):
+        # S3 checks the bytes against this SHA-256: one hash per image.
+        sha256 = hashlib.sha256(download.content).hexdigest()
+        obj = await asyncio.to_thread(ctx.store.put_image, item.fingerprint, download.content,
+                                      download.content_type, when=when, index=index,
+                                      sha256=sha256)
         record = ImageRecord(
             fingerprint=item.fingerprint, model=item.model_id, inputs=item.inputs,
             request_id=request_id,
-            image_uri=obj.uri, content_type=file.content_type, size=obj.size, sha256=obj.sha256,
-            width=file.width, height=file.height, output_index=index,
-            source_host=file.source_host, timings=timings.model_copy(update={"stored_at": _now()}),
+            image_uri=obj.uri, content_type=download.content_type, size=obj.size,
+            sha256=obj.sha256, width=size[0] if size else None,
+            height=size[1] if size else None, output_index=index,
+            source_host=urlsplit(download.uri).hostname,
+            timings=timings.model_copy(update={"stored_at": _now()}),
             polls=polls, attempts=attempts, batch_id=ctx.batch_id, flow_run_id=ctx.flow_run_id,
-            deployment=ctx.deployment, cost=file.cost)
+            deployment=ctx.deployment, cost=result.cost if index == 0 else None)
         record_uris.append(await asyncio.to_thread(ctx.store.put_record, record, when=when))
         image_uris.append(obj.uri)
         records.append(record)
     await asyncio.to_thread(ctx.ledger.record_stored, item_ref(ctx, item), request_id, attempts,
                             record_uri=record_uris[0] if record_uris else None,
                             image_uris=image_uris)
-    for file in files:
-        Path(file.path).unlink(missing_ok=True)
     failpoint("stored")
     return StoredFiles(image_uris=image_uris, record_uris=record_uris, records=records)
 
 
+@task(name="generate-group", task_run_name="lines-{first}-{last}", retries=0,
+      cache_policy=NO_CACHE, persist_result=False)
+async def generate_group(first: int, last: int, items: int,
+                         run: Callable[[], Awaitable[list[str]]]) -> State | None:
+    """One task run for a group of ``items`` items (lines ``first`` to ``last``) of a large
+    batch: ``run`` runs each of them through submit, wait and fetch-and-store as the steps'
+    functions (``Steps.call``), each step retried on its own as its task would be, and
+    returns what failed. The task itself is never retried: a retry is per item, and the
+    ledger makes it safe. It ends Failed, naming the failures, when any item failed."""
+    failures = await run()
+    if failures:
+        return Failed(message=f"{len(failures)} of {items} item(s) failed: "
+                              + "; ".join(failures[:3]))
+    return None
+
+
 @dataclass(frozen=True)
 class Steps:
-    """The four tasks with one run's settings bound (timeouts and retry delay)."""
+    """The tasks of one item with one run's settings bound (timeouts and retry delay).
+
+    ``inline`` (inside a ``generate_group`` task run): ``call`` runs a step's function with
+    the retries, delays and timeout of its task, and makes no task run of its own.
+    """
 
     submit: Task
     wait: Task
-    fetch: Task
-    store: Task
+    fetch_and_store: Task
+    inline: bool = False
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Steps:
+    def for_settings(cls, settings: Settings, *, inline: bool = False) -> Steps:
         delay = settings.task_retry_delay
 
         def bind(step: Task, timeout: float) -> Task:
@@ -307,9 +343,29 @@ class Steps:
         return cls(
             submit=bind(submit, settings.send_lease * 4),
             wait=bind(wait, settings.job_deadline + 300),
-            fetch=bind(fetch, 900),
-            store=bind(store, 900),
+            fetch_and_store=bind(fetch_and_store, 1800),
+            inline=inline,
         )
+
+    async def call(self, step: Task, *args: Any) -> Any:
+        """Run ``step``: a task run of its own, or (inline) its function with its task's
+        retries (``flashgen.tasks.policy.retried``), retry delays and timeout."""
+        if not self.inline:
+            return await step(*args)
+        delays = step.retry_delay_seconds
+        for attempt in range(step.retries + 1):
+            try:
+                async with asyncio.timeout(step.timeout_seconds):
+                    return await step.fn(*args)
+            except Exception as exc:
+                if attempt == step.retries or not retried(step.name, exc):
+                    raise
+                delay = delays[min(attempt, len(delays) - 1)] if isinstance(
+                    delays, list) else (delays or 0)
+                jitter = step.retry_jitter_factor or 0
+                await timing.sleep(delay * random.uniform(1 - jitter, 1 + jitter)
+                                   if delay else 0)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def forget(*results: Any) -> None:

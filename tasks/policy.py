@@ -14,9 +14,9 @@ Which layer retries what (one layer per concern):
   outage longer than botocore's (a
   request_id the API already returned waits in the ledger's local journal, and the retry
   asks the ledger first, so it adopts that request_id instead of resending);
-  ``fetch`` after the result or file host stayed unavailable, or a download arrived whole
-  by HTTP but does not decode (``CorruptDownloadError``): fetched again from the
-  request_id; ``store`` after an S3 outage (its writes are idempotent).
+  ``fetch-and-store`` after the result or file host stayed unavailable, a download arrived
+  whole by HTTP but does not decode (``CorruptDownloadError``), or an S3 outage: fetched
+  again from the request_id and written again (its writes are idempotent).
   Anything else a task raises is final for the task: ``AccountError`` (402, or 10001–10003
   in any answer, HTTP 200 included) also halts the run's submits (``SubmitBudget.halt``),
   ``RejectedInputError`` (400 or 422), an ambiguous submit, a cancel's outcome (never an
@@ -43,9 +43,19 @@ RETRIES = 3
 RETRIED_BY_PREFECT: dict[str, tuple[type[Exception], ...]] = {
     # TransientApiError: the client raises it from a submit only when nothing was sent.
     "submit": (TransientApiError, StorageError),
-    "fetch": (TransientApiError, DownloadError),  # CorruptDownloadError among them
-    "store": (StorageError,),
+    # DownloadError: CorruptDownloadError among them; StorageError: the store's S3 writes.
+    "fetch-and-store": (TransientApiError, DownloadError, StorageError),
 }
+
+
+def retried(step: str, exc: BaseException) -> bool:
+    """Whether the task named ``step`` is tried again after ``exc`` (``RETRIED_BY_PREFECT``).
+
+    >>> slow = StorageError("S3 is slow", transient=True)
+    >>> retried("submit", slow), retried("wait", slow), retried("submit", StorageError("403"))
+    (True, False, False)
+    """
+    return isinstance(exc, RETRIED_BY_PREFECT.get(step, ())) and is_transient(exc)
 
 
 async def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
@@ -53,7 +63,7 @@ async def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     try:
         await state.result()
     except Exception as exc:  # the task's own exception, re-raised by result()
-        return isinstance(exc, RETRIED_BY_PREFECT.get(task.name, ())) and is_transient(exc)
+        return retried(task.name, exc)
     return False
 
 

@@ -35,9 +35,11 @@ from flashgen.infra.provision import (
     Outcome,
     ProvisionConfig,
     build_automation,
+    check_server_settings,
     load_automation_specs,
     provision,
 )
+from flashgen.infra.prefect_server import SERVER_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "tok-" + uuid4().hex
@@ -51,16 +53,21 @@ def config(**overrides) -> ProvisionConfig:
     return ProvisionConfig(**{**base, **overrides})
 
 
+def _made(changes: list) -> list:
+    """What provisioning makes; the server's settings it can only check."""
+    return [c for c in changes if c.kind != "server setting"]
+
+
 async def test_provision_twice_changes_nothing_the_second_time(prefect_server, s3):
     wanted = config()
-    first = await provision(wanted, s3=s3)
+    first = _made(await provision(wanted, s3=s3))
     assert {c.action for c in first} <= {Outcome.CREATED, Outcome.UPDATED}, first
     kinds = {c.kind for c in first}
     assert {"bucket", "bucket versioning", "bucket encryption", "bucket public access block",
             "concurrency limit", "rate limit", "work pool", "automation", "sqs queue",
             "sqs queue policy", "bucket notification"} <= kinds
 
-    second = await provision(wanted, s3=s3)
+    second = _made(await provision(wanted, s3=s3))
     assert [c.action for c in second] == [Outcome.UNCHANGED] * len(first), second
     assert all(TOKEN not in str(c) and SLACK not in str(c) for c in first + second)
 
@@ -113,6 +120,17 @@ async def test_provision_updates_only_what_differs(prefect_server, s3):
     async with get_client() as client:
         limit = await client.read_global_concurrency_limit_by_name(wanted.concurrency_limit)
     assert limit.limit == 5
+
+
+async def test_provision_names_each_server_setting_only_the_operator_can_set(prefect_server):
+    """The test server runs Prefect's defaults: each setting flashgen wants is reported
+    missing, with the variable and value to set on the server."""
+    async with get_client() as client:
+        changes = await check_server_settings(client)
+    assert {c.name for c in changes} == set(SERVER_SETTINGS)
+    for change in changes:
+        assert change.action == Outcome.MISSING, change
+        assert f"{change.name}={SERVER_SETTINGS[change.name]}" in change.detail
 
 
 async def test_without_alert_blocks_alerts_are_skipped_not_half_made(prefect_server):
@@ -284,3 +302,9 @@ def test_the_iam_policy_allows_no_delete_and_no_bucket_admin():
     assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions
     resources = {r for s in policy["Statement"] for r in s["Resource"]}
     assert resources == {"arn:aws:s3:::images-prod", "arn:aws:s3:::images-prod/flashgen/*"}
+
+
+def test_the_production_notes_start_the_server_with_flashgens_server_settings():
+    notes = (ROOT / "infra" / "PRODUCTION.md").read_text()
+    for variable, value in SERVER_SETTINGS.items():
+        assert f"export {variable}={value}\n" in notes, variable

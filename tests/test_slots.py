@@ -28,7 +28,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flashgen.flows.slots import ApiSlots
+from flashgen.flows.slots import ApiSlots, _Mark
 from flashgen.infra.prefect_server import PrefectServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,6 +220,32 @@ async def test_the_shards_of_one_batch_count_as_one_run(prefect_api):
     assert await active_slots(f"{name}:runs") == 0
 
 
+async def test_a_job_asking_while_the_acquirer_sets_its_marks_gets_a_slot(prefect_api,
+                                                                          monkeypatch):
+    """A hang, reproduced: the acquirer found no job waiting and set its marks on the
+    server; a job that asked for a slot during that round trip had its wake-up wiped, and
+    the run waited for ever with no slot asked for. It showed when a batch's items started
+    inside a task run (flashgen.tasks.generation.generate_group)."""
+    name = await new_limit(2)
+    on_the_wire = asyncio.Event()
+    set_mark = _Mark.set
+
+    async def slow_set(mark: _Mark, count: int | bool) -> None:
+        if mark.count != int(count):  # a change: a round trip to the server
+            on_the_wire.set()
+            await asyncio.sleep(0.5)
+        await set_mark(mark, count)
+
+    monkeypatch.setattr(_Mark, "set", slow_set)
+    async with ApiSlots(name, wanted=2) as slots:
+        on_the_wire.clear()
+        slots.plan(jobs=1)  # planned: the acquirer takes the run's "starved" mark off
+        await on_the_wire.wait()
+        async with asyncio.timeout(120):  # a backstop for the hang, not a measure
+            async with slots.slot():
+                assert await active_slots(name) == 1
+
+
 async def test_a_missing_limit_still_limits_to_wanted(prefect_api, caplog):
     in_flight = InFlight()
     with caplog.at_level(logging.WARNING, logger="flashgen.slots"):
@@ -261,7 +287,7 @@ async def test_a_slot_given_back_while_its_renewal_is_on_the_wire_is_not_lost(
 
 HOLD_SLOTS_FOREVER = textwrap.dedent("""
     import asyncio, sys
-    from flashgen.flows.slots import ApiSlots
+    from flashgen.flows.slots import ApiSlots, _Mark
 
     async def main(name):
         async with ApiSlots(name, wanted=2) as slots:

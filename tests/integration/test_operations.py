@@ -31,6 +31,7 @@ import pytest
 import yaml
 from botocore.config import Config
 
+from flashgen.infra.prefect_server import SERVER_SETTINGS
 from flashgen.infra.stack import FAKE_AWS, free_port
 
 pytestmark = pytest.mark.slow
@@ -213,7 +214,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
                                             "--port", str(ports["prefect"]), "--no-ui"], {
             **clean, "PREFECT_HOME": str(tmp / "server-home"), "PREFECT_UI_URL": ui,
             "PREFECT_API_DATABASE_CONNECTION_URL":
-                f"postgresql+asyncpg://{PGUSER}@127.0.0.1:5432/{database}"})
+                f"postgresql+asyncpg://{PGUSER}@127.0.0.1:5432/{database}",
+            **SERVER_SETTINGS})  # as infra/PRODUCTION.md starts it
         moto = s.start("moto-s3",
                        [PYTHON, "-m", "flashgen.infra.stack", "--port", str(ports["s3"])],
                        clean)

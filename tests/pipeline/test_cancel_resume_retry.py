@@ -56,9 +56,16 @@ def _source(tmp_path, n: int):
 
 @pytest.mark.parametrize("stack", [EmulatorConfig(workers=1, job_time=2.0, tokens=[TOKEN])],
                          indirect=True)
+@pytest.mark.parametrize("group", [None, 2], ids=["task-runs-per-step", "in-groups"])
 def test_ctrl_c_cancels_queued_jobs_stores_the_running_one_and_resume_finishes(stack,
-                                                                                 tmp_path):
+                                                                                 tmp_path, group):
+    """Also with the items run two to a task run, as a large batch runs them: the stop
+    reaches items waiting for a slot inside a group's task run, and nothing hangs."""
     api, env, s3, prefix = stack
+    if group:  # its own prefix: the other variant's items are stored under the shared one
+        prefix = f"{prefix}-groups"
+        env = {**env, "FLASHGEN_TASK_GROUP_FROM": "1", "FLASHGEN_TASK_GROUP_SIZE": str(group),
+               "FLASHGEN_PREFIX": prefix}
     source = _source(tmp_path, 5)
     run = subprocess.Popen([*FLASHGEN, "batch", str(source), "--concurrency", "3",
                             "--batch-id", "cli-cancel"], env=env, stdout=subprocess.PIPE,
