@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import resource
 import statistics
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,22 @@ def _status_mb(field: str) -> float:
     return 0.0
 
 
+# CPU that the bench's own threads spent in this process (thread id -> thread_time()), as
+# last reported by them: the PostgreSQL sampler (bench/services.py) runs beside the flow
+# and is no part of it.
+_APPARATUS: dict[int, float] = {}
+
+
 def cpu_seconds() -> float:
+    """This process's CPU (the flow's, when a flow runs in it), less what the bench's own
+    sampling threads spent (``note_apparatus``)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime - sum(_APPARATUS.values())
+
+
+def note_apparatus() -> None:
+    """Called by a bench thread: its CPU so far is the bench's, not the measured flow's."""
+    _APPARATUS[threading.get_ident()] = time.thread_time()
 
 
 class ProcessCost:

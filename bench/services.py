@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from bench.measure import note_apparatus
 from flashgen.infra.prefect_server import PrefectServer
 from flashgen.infra.stack import FAKE_AWS, free_port
 
@@ -125,6 +126,7 @@ class Postgres:
         def sample_forever() -> None:
             while not self._stop.wait(self.SAMPLE_SECONDS):
                 self._sample()
+                note_apparatus()  # walking /proc is the bench's CPU, not the flow's
 
         self._sampler = threading.Thread(target=sample_forever, daemon=True)
         self._sampler.start()
