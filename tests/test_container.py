@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,12 +170,12 @@ class DockerPool:
     containers: list[str] = field(default_factory=list)
 
     def get(self, path: str) -> Any:
-        return httpx.get(self.api + path, timeout=30).raise_for_status().json()
+        return prefect_api("GET", self.api + path)
 
     def get_runs(self, deployment: str) -> list[dict[str, Any]]:
         deployment_id = self.get(f"/deployments/name/{deployment}")["id"]
-        return httpx.post(f"{self.api}/flow_runs/filter", timeout=30, json={
-            "deployments": {"id": {"any_": [deployment_id]}}}).raise_for_status().json()
+        return prefect_api("POST", f"{self.api}/flow_runs/filter", json={
+            "deployments": {"id": {"any_": [deployment_id]}}})
 
     def container_of(self, run: dict[str, Any]) -> dict[str, Any]:
         """``docker inspect`` of the container the worker ran ``run`` in."""
@@ -183,6 +184,18 @@ class DockerPool:
         inspected = subprocess.run(["docker", "inspect", container], capture_output=True,
                                    text=True, check=True, timeout=60)
         return json.loads(inspected.stdout)[0]
+
+
+def prefect_api(method: str, url: str, **kwargs: Any) -> Any:
+    """A call to the Prefect server's API, again after a 503 as Prefect's own client does
+    (a busy server's database answers "Service Unavailable" for a moment)."""
+    for _ in range(30):
+        answer = httpx.request(method, url, timeout=30, **kwargs)
+        if answer.status_code != 503:
+            answer.raise_for_status()
+            return answer.json() if answer.content else None
+        time.sleep(1)
+    answer.raise_for_status()
 
 
 def _run(args: list[str], env: dict[str, str]) -> str:
@@ -215,13 +228,12 @@ def docker_pool(flashgen_image, s3_server, tmp_path_factory) -> Iterator[DockerP
         provisioned = _run([sys.executable, "-m", "flashgen.cli", "provision"], env)
         assert "work pool flashgen-docker: type docker" in provisioned, provisioned
         _run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", SHARD_DEPLOYMENT], env)
-        deployment = httpx.get(f"{server.api_url}/deployments/name/{SHARD_DEPLOYMENT}",
-                               timeout=30).raise_for_status().json()
-        httpx.patch(f"{server.api_url}/deployments/{deployment['id']}", timeout=30, json={
+        deployment = prefect_api("GET", f"{server.api_url}/deployments/name/{SHARD_DEPLOYMENT}")
+        prefect_api("PATCH", f"{server.api_url}/deployments/{deployment['id']}", json={
             "job_variables": {**deployment["job_variables"],
                               "env": {**stack, "FLASHGEN_TOKEN_FILE": SECRET},
                               "volumes": [f"{state}:/state", f"{token}:{SECRET}:ro"],
-                              "auto_remove": False}}).raise_for_status()  # inspected below
+                              "auto_remove": False}})  # kept to be inspected below
         log = tmp / "worker.log"
         with open(log, "wb") as out:
             worker = subprocess.Popen(
