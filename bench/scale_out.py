@@ -30,9 +30,10 @@ from bench.pools import CONCURRENCY, JOB_S, PoolSpec, WorkerPool, figures, shard
 from bench.services import Services
 
 WORKERS = 4
-PROCESS = PoolSpec(pool="flashgen-process", deployment="generate-shard/process",
-                   create=("prefect", "work-pool", "create", "flashgen-process", "--type",
-                           "process", "--overwrite"),
+POOL = "flashgen-process"
+PROCESS = PoolSpec(pool=POOL, deployment="generate-shard/process",
+                   create=("prefect", "work-pool", "create", POOL, "--type", "process",
+                           "--overwrite"),
                    workers=WORKERS, limit=1)
 
 
