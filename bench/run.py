@@ -9,6 +9,8 @@ late      a 400-image run, and a 4-image run 10 s later, limit 4
 scale     10,000 images, 0.2 s jobs, concurrency 64
 scale-out 4,000 images, concurrency 32, 1 s jobs, sharded across 4 process workers
           (bench/scale_out.py), beside the same batch in one run
+docker    4,000 images, concurrency 32, 1 s jobs, sharded across 2 containers of the
+          Docker work pool (bench/docker_pool.py; needs dockerd, builds flashgen:latest)
 taskruns  10,000 no-op Prefect task runs with flashgen's task options, 16 at a time: what
           one task run costs the flow process and the server, the rows it writes, and
           whether the server recorded them all
@@ -37,8 +39,8 @@ from typing import Any
 RESULTS = Path(__file__).with_name("results.json")
 # What a scenario was given, not what it measured.
 SETTINGS = {"images", "images_per_run", "concurrency", "wanted", "limit", "job_s",
-            "big_images", "small_images", "task_runs", "workers"}
-SCENARIOS = ("single", "shared", "late", "scale", "taskruns", "scale-out")
+            "big_images", "small_images", "task_runs", "workers", "containers"}
+SCENARIOS = ("single", "shared", "late", "scale", "taskruns", "scale-out", "docker")
 
 
 def main() -> None:
@@ -55,6 +57,7 @@ def main() -> None:
                       FLASHGEN_BUCKET="bench", RUNCOMFY_API_TOKEN="bench-token")
 
     from bench import scenarios
+    from bench.docker_pool import docker_pool
     from bench.scale_out import scale_out
     from bench.services import Services
 
@@ -70,6 +73,7 @@ def main() -> None:
         "taskruns": lambda s: scenarios.task_runs(s, sizes),
         "scale": lambda s: scenarios.scale(s, sizes),
         "scale-out": lambda s: scale_out(s, sizes.scale_out),
+        "docker": lambda s: docker_pool(s, sizes.docker),
     }
     wanted = {"baseline", "single"} if "single" in chosen else set()
     wanted |= {n for n in plan if n.split("_")[0] in chosen}

@@ -33,11 +33,12 @@ class Sizes:
     scale: int = 10_000
     task_runs: int = 10_000
     scale_out: int = 4000
+    docker: int = 4000
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(single=100, shared=20, late_big=40, late_small=4, scale=1000,
-                   task_runs=1000, scale_out=400)
+                   task_runs=1000, scale_out=400, docker=400)
 
 
 def single(services: Services, sizes: Sizes) -> dict[str, Any]:
