@@ -29,10 +29,11 @@ from flashgen.infra.stack import FAKE_AWS, MotoS3, free_port, make_moto_puts_ato
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    """One temporary Prefect server for the whole session (it takes about ten seconds)."""
+    """One temporary Prefect server for each test process (about ten seconds on a quiet
+    machine; four test workers beside two CPU burners saw it take more than 60)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=240):
         yield
 
 

@@ -107,7 +107,10 @@ def test_cli_batch_lands_everything_in_s3(stack, tmp_path):
     assert api.stats()["submissions"] == 10
 
 
-@pytest.mark.parametrize("stack", [EmulatorConfig(workers=6, job_time=1.0, tokens=[TOKEN])],
+# 3 at a time for 2 s each: 20 s for the 30 jobs, so the kill lands part way even when a
+# loaded machine takes seconds to see the condition (with 6 × 1 s jobs all 30 had been
+# stored before the kill, beside two CPU burners).
+@pytest.mark.parametrize("stack", [EmulatorConfig(workers=3, job_time=2.0, tokens=[TOKEN])],
                          indirect=True)
 def test_sigkill_part_way_then_rerun_pays_nothing_twice(stack, tmp_path):
     api, env, s3, prefix = stack
