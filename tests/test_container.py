@@ -221,7 +221,7 @@ def docker_pool(flashgen_image, s3_server, tmp_path_factory) -> Iterator[DockerP
         env = {**clean, "PREFECT_API_URL": server.api_url, "PREFECT_HOME": str(tmp / "home"),
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PWD": str(REPO)}
         stack = {**s3_server.env, "RUNCOMFY_BASE_URL": emulator.url, "FLASHGEN_BUCKET": BUCKET,
-                 "FLASHGEN_POOL_PREFIX": POOL_PREFIX, "FLASHGEN_OUTPUT_NETWORKS": "127.0.0.0/8",
+                 "FLASHGEN_PREFIX": POOL_PREFIX, "FLASHGEN_OUTPUT_NETWORKS": "127.0.0.0/8",
                  "FLASHGEN_POLL_INITIAL": "0.1", "FLASHGEN_POLL_MAXIMUM": "0.3"}
         # The operator's part: provision (no bucket: the test made it), deploy from
         # prefect.yaml, give the deployment its env and mounts, start a Docker worker.
