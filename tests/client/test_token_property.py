@@ -180,16 +180,25 @@ bad_inside = st.sampled_from([" ", "\t", "\n", "\r", "\x00", "\x7f", "\x1b", "\u
                                "the token passed to RunComfyClient"]))
 def test_a_token_with_a_space_or_control_inside_is_refused_naming_its_source(head, bad, tail,
                                                                              source):
-    token = head + bad + tail
-    for build in (lambda: normalise_token(token, source),
-                  lambda: RunComfyClient(Token(token, source=source), "https://api.test")):
-        with pytest.raises(InputError) as caught:
-            build()
-        message = str(caught.value)
+    def refusals(token: str) -> list[InputError]:
+        errors = []
+        for build in (lambda: normalise_token(token, source),
+                      lambda: RunComfyClient(Token(token, source=source), "https://api.test")):
+            with pytest.raises(InputError) as caught:
+                build()
+            errors.append(caught.value)
+        return errors
+
+    # A part that the texts hold whatever the token (a generated "RunComfyClie" is in the
+    # traceback's source lines, "000000000000" in its addresses) proves nothing.
+    benign = "".join(t for e in refusals("q" + bad + "q") for t in _exception_texts(e))
+    for error in refusals(head + bad + tail):
+        message = str(error)
         assert message.startswith(f"{source}: the API token has a space, control or non-ASCII")
         assert "\n" not in message  # one line
-        for text in _exception_texts(caught.value):
-            assert head not in text and tail not in text
+        for text in _exception_texts(error):
+            assert head in benign or head not in text
+            assert tail in benign or tail not in text
 
 
 @settings(max_examples=50, deadline=None)
