@@ -9,6 +9,15 @@ nothing. ``verify_output`` proves the whole file, in every form the model may re
   decoder forgives a missing end check it themselves: a PNG must end in a whole ``IEND``
   chunk (its CRC included), a GIF's blocks must all be there up to its trailer, a BMP
   must be as long as its header says (Pillow reads a last row short of its padding);
+- a still, non-interlaced PNG (what the model returns) is proved without Pillow, at a
+  third of its cost (1.3 ms instead of 3.6 ms for the model's 1024 × 1024, the largest
+  share of flashgen's own CPU per image after S3): its compressed pixels inflate, Adler-32
+  checked, to exactly the bytes its header's size needs, and every row starts with a
+  filter type PNG defines. Undoing the filters cannot fail after that, so the file
+  decodes to its last pixel; and a row can only come out wrong if the file was written
+  wrong *with* valid CRCs, which no transfer does. It is stricter than Pillow (which takes
+  a stream without its checksum, or with rows to spare): ``tests/test_decode.py`` checks
+  that it never accepts what Pillow refuses;
 - a video (MP4 / QuickTime, the ISO base media format) must be whole: its top-level boxes
   tile the file exactly, with ``ftyp``, ``moov`` and ``mdat`` among them. flashgen has no
   video decoder, so a video in any other container cannot be proved and is refused.
@@ -74,7 +83,9 @@ class _Unprovable(Exception):
 
 def _image(data: bytes) -> tuple[int, int]:
     if data.startswith(_PNG):
-        _png_whole(data)
+        png = _png_whole(data)
+        if png.simple:
+            return png.pixels_whole()
     elif data.startswith(_GIF):
         _gif_whole(data)
     elif data.startswith(b"BM") and len(data) >= 6:
@@ -99,8 +110,9 @@ def _image(data: bytes) -> tuple[int, int]:
             return size
 
 
-def _png_whole(data: bytes) -> None:
-    """Every chunk whole, with its CRC, up to and including ``IEND``."""
+def _png_whole(data: bytes) -> _Png:
+    """Every chunk whole, with its CRC, up to and including ``IEND``; what it holds."""
+    png = _Png()
     at = len(_PNG)
     while True:
         if at + 12 > len(data):
@@ -109,12 +121,75 @@ def _png_whole(data: bytes) -> None:
         end = at + 12 + length
         if end > len(data):
             raise ValueError(f"the file ends inside its {kind!r} chunk")
+        body = memoryview(data)[at + 8:end - 4]
         (crc,) = struct.unpack(">I", data[end - 4:end])
-        if zlib.crc32(data[at + 4:end - 4]) != crc:
+        if zlib.crc32(body, zlib.crc32(kind)) != crc:
             raise ValueError(f"{kind!r} chunk fails its CRC")
         if kind == b"IEND":
-            return
+            return png
+        png.read(kind, body)
         at = end
+
+
+# Bits per pixel of each PNG colour type (0 grey, 2 RGB, 3 palette, 4 grey + alpha,
+# 6 RGBA) per bit of depth, and the depths each allows.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+_PNG_FILTERS = 4  # row filter types 0 (none) to 4 (Paeth)
+_INFLATE_STEP = 1 << 16  # inflated a piece at a time: small buffers, and no bomb
+
+
+class _Png:
+    """A PNG's header and compressed pixels, as ``_png_whole`` reads them."""
+
+    def __init__(self) -> None:
+        self.header: tuple[int, ...] | None = None
+        self.pixels: list[memoryview] = []
+        self.animated = False
+
+    def read(self, kind: bytes, body: memoryview) -> None:
+        if kind == b"IHDR" and len(body) == 13 and self.header is None:
+            self.header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            self.pixels.append(body)
+        elif kind == b"acTL":
+            self.animated = True
+
+    @property
+    def simple(self) -> bool:
+        """A still image, not interlaced, with a header PNG allows: proved here, not by
+        Pillow (an odd one, APNG or interlaced, is left to Pillow, which knows them)."""
+        if self.header is None or self.animated:
+            return False
+        width, height, depth, colour, compression, filtering, interlace = self.header
+        return (depth in _PNG_DEPTHS.get(colour, ()) and compression == filtering == 0
+                and interlace == 0 and 0 < width < 2**31 and 0 < height < 2**31)
+
+    def pixels_whole(self) -> tuple[int, int]:
+        """``(width, height)`` once the pixels inflate to exactly the rows the header needs,
+        each starting with a filter type PNG defines."""
+        width, height, depth, colour, *_ = self.header or ()
+        if width * height > MAX_PIXELS:
+            raise ValueError(f"{width}x{height} is too many pixels")
+        row = 1 + (width * _PNG_CHANNELS[colour] * depth + 7) // 8  # filter byte + pixels
+        expected, done = row * height, 0
+        inflate = zlib.decompressobj()
+        for part in self.pixels:
+            pending: bytes | memoryview = part
+            while pending:
+                piece = inflate.decompress(pending, _INFLATE_STEP)
+                pending = inflate.unconsumed_tail
+                if done + len(piece) > expected:
+                    raise ValueError(f"more pixel data than {width}x{height} holds")
+                filters = piece[-done % row::row]  # the filter bytes that fall in this piece
+                if filters and max(filters) > _PNG_FILTERS:
+                    raise ValueError(f"a row has filter type {max(filters)}, not 0-4")
+                done += len(piece)
+        if not inflate.eof:
+            raise ValueError(f"the pixels end after {done} of {expected} bytes")
+        if done != expected:
+            raise ValueError(f"{done} bytes of pixels, {width}x{height} needs {expected}")
+        return width, height
 
 
 def _gif_whole(data: bytes) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import random
 import struct
+import zlib
 
 import pytest
 from hypothesis import given, settings
@@ -113,3 +114,91 @@ def test_a_video_flashgen_cannot_check_is_refused_for_good():
     with pytest.raises(CorruptDownloadError, match="cannot be verified") as caught:
         verify_output(webm, "video/webm")
     assert not caught.value.transient  # fetching it again would not help
+
+
+# -- PNG: flashgen's own proof (flashgen.decode._Png) against Pillow's full decode -------
+
+PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
+
+
+def _png(mode: str, width: int, height: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    image = Image.frombytes("L", (width, height), rng.randbytes(width * height))
+    image = image.convert(mode) if mode != "I;16" else Image.frombytes(
+        "I;16", (width, height), rng.randbytes(2 * width * height))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def _chunks(png: bytes) -> list[tuple[bytes, bytes]]:
+    found, at = [], 8
+    while at < len(png):
+        length, kind = struct.unpack(">I4s", png[at:at + 8])
+        found.append((kind, png[at + 8:at + 8 + length]))
+        at += 12 + length
+    return found
+
+
+def _rebuilt(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    """A PNG of these chunks, each with a right CRC: damage that no CRC can see."""
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I4s", len(body), kind) + body + struct.pack(">I", zlib.crc32(kind + body))
+        for kind, body in chunks)
+
+
+def _pillow_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.size
+    except Exception:
+        return None
+
+
+pngs = st.tuples(st.sampled_from(PNG_MODES), st.integers(1, 40), st.integers(1, 40),
+                 st.integers(0, 2**32))
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(png=pngs, data=st.data())
+def test_a_png_in_any_mode_is_whole_and_cut_short_anywhere_is_never_good(png, data):
+    mode, width, height, seed = png
+    whole = _png(mode, width, height, seed)
+    assert verify_output(whole, "image/png") == (width, height)
+    cut = data.draw(st.integers(0, len(whole) - 1), label="cut")
+    with pytest.raises(CorruptDownloadError):
+        verify_output(whole[:cut], "image/png")
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(png=pngs, data=st.data())
+def test_a_png_written_wrong_with_right_crcs_passes_only_if_pillow_decodes_it(png, data):
+    """The pixels inflated, cut, padded, or with bytes flipped before or after deflating,
+    then every CRC made right again: flashgen's proof never takes what Pillow refuses."""
+    mode, width, height, seed = png
+    chunks = _chunks(_png(mode, width, height, seed))
+    pixels = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    damage = data.draw(st.sampled_from(["flip-raw", "flip-deflated", "cut", "pad",
+                                        "no-adler"]), label="damage")
+    at = data.draw(st.integers(0, len(pixels) - 1), label="at")
+    raw = bytearray(pixels)
+    if damage == "flip-raw":
+        raw[at] ^= data.draw(st.integers(1, 255), label="xor")
+    elif damage == "cut":
+        del raw[at:]
+    elif damage == "pad":
+        raw += bytes(data.draw(st.integers(1, 50), label="pad"))
+    deflated = bytearray(zlib.compress(bytes(raw)))
+    if damage == "flip-deflated":
+        deflated[at % len(deflated)] ^= data.draw(st.integers(1, 255), label="xor")
+    elif damage == "no-adler":
+        del deflated[-4:]
+    first = next(i for i, (kind, _) in enumerate(chunks) if kind == b"IDAT")
+    rest = [c for c in chunks if c[0] != b"IDAT"]
+    damaged = _rebuilt(rest[:first] + [(b"IDAT", bytes(deflated))] + rest[first:])
+    try:
+        size = verify_output(damaged, "image/png")
+    except CorruptDownloadError:
+        return
+    assert _pillow_size(damaged) == size == (width, height)
