@@ -364,7 +364,7 @@ async def _make_plan(options: BatchOptions, settings: Settings, store: Store,
     await asyncio.to_thread(Journal(settings.state_dir, scope=store.uri(store.prefix)).probe)
     await asyncio.to_thread(store.check_writable)
     counts, stored = await asyncio.to_thread(
-        census, store, _items(plan, rerun), force=options.force,
+        census, store, _items(plan, rerun), expected=plan.items, force=options.force,
         resubmit_ambiguous=options.resubmit_ambiguous, each=shards and shards.add)
     run_plan = RunPlan(rows=plan.rows, items=plan.items, invalid=len(plan.invalid),
                        duplicates=len(plan.duplicates),

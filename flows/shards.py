@@ -274,7 +274,7 @@ def _to_send(store: Store, shard: ShardFile, options: BatchOptions) -> int:
     """How many of the shard's items the ledger would have its next run (without force)
     pay for now."""
     counts, _ = census(store, ShardPlan.read(shard.path, options.model_id).iter_items(),
-                       resubmit_ambiguous=options.resubmit_ambiguous)
+                       expected=shard.items, resubmit_ambiguous=options.resubmit_ambiguous)
     return counts["to_send"]
 
 

@@ -22,7 +22,7 @@ def _items(n: int):
 def test_census_deals_every_item_not_stored_into_shards_and_they_read_back(store, tmp_path):
     items = _items(7)
     writer = ShardWriter(tmp_path, size=3)
-    counts, _ = census(store, items, each=writer.add)
+    counts, _ = census(store, items, expected=len(items), each=writer.add)
     shards = writer.close()
     assert counts["to_send"] == 7
     assert [(s.items, s.to_send) for s in shards] == [(3, 3), (3, 3), (1, 1)]
