@@ -330,3 +330,33 @@ async def _true(value: bool) -> bool:
 
 async def _is_zero(name: str) -> bool:
     return await active_slots(name) == 0
+
+
+async def test_a_run_alone_at_its_cap_reads_only_the_runs_mark(prefect_api):
+    """Each read of a limit costs the server CPU: a run alone with every slot it wants
+    asks only whether another run has come (``runs``), not the other three limits."""
+    name = await new_limit(2)
+    reads: list[str] = []
+
+    class Counted(ApiSlots):
+        async def _read_limit(self, limit_name):
+            reads.append(limit_name)
+            return await super()._read_limit(limit_name)
+
+    in_flight = InFlight()
+    async with Counted(name, wanted=2, jobs=4) as alone:
+        async def job(seconds: float) -> None:
+            async with alone.slot():
+                await in_flight.job(seconds)
+
+        # Two long jobs hold the cap for 4 s; two more wait for their slots meanwhile.
+        first = asyncio.gather(job(4.0), job(4.0))
+        await eventually("the run at its cap", lambda: _true(alone.held == 2), 60)
+        since = len(reads)
+        waiting = asyncio.gather(job(0.1), job(0.1))
+        await first
+        at_cap = reads[since:]
+        await waiting
+    assert at_cap.count(f"{name}:runs") >= 2  # about one a second
+    assert not [n for n in at_cap if n != f"{name}:runs"]
+    assert in_flight.max == 2
