@@ -76,6 +76,7 @@ from prefect.utilities.collections import visit_collection
 from pydantic import BaseModel
 
 from flashgen import timing
+from flashgen.client import Download
 from flashgen.decode import verify_output
 from flashgen.failpoints import failpoint
 from flashgen.errors import (
@@ -277,14 +278,25 @@ async def fetch_and_store(ctx: BatchContext, item: Item, request_id: str, timing
         await _lost(ctx, item, request_id, exc, None)
     sizes = [verify_output(d.content, d.content_type, request_id=request_id) for d in downloads]
     failpoint("fetched")
+    # One thread for every write of the item: each hop to a thread and back costs more
+    # than a small S3 call's own work in this process.
+    stored = await asyncio.to_thread(_put_outputs, ctx, item, request_id, result.cost,
+                                     downloads, sizes, timings, polls, attempts)
+    failpoint("stored")
+    return stored
+
+
+def _put_outputs(ctx: BatchContext, item: Item, request_id: str, cost: float | None,
+                 downloads: list[Download], sizes: list[tuple[int, int] | None], timings: Timings,
+                 polls: int, attempts: int) -> StoredFiles:
+    """Each verified output and its record into S3, then the ledger's stored mark."""
     when = _now()
     image_uris, record_uris, records = [], [], []
     for index, (download, size) in enumerate(zip(downloads, sizes, strict=True)):
         # S3 checks the bytes against this SHA-256: one hash per image.
         sha256 = hashlib.sha256(download.content).hexdigest()
-        obj = await asyncio.to_thread(ctx.store.put_image, item.fingerprint, download.content,
-                                      download.content_type, when=when, index=index,
-                                      sha256=sha256)
+        obj = ctx.store.put_image(item.fingerprint, download.content, download.content_type,
+                                  when=when, index=index, sha256=sha256)
         record = ImageRecord(
             fingerprint=item.fingerprint, model=item.model_id, inputs=item.inputs,
             request_id=request_id,
@@ -294,14 +306,13 @@ async def fetch_and_store(ctx: BatchContext, item: Item, request_id: str, timing
             source_host=urlsplit(download.uri).hostname,
             timings=timings.model_copy(update={"stored_at": _now()}),
             polls=polls, attempts=attempts, batch_id=ctx.batch_id, flow_run_id=ctx.flow_run_id,
-            deployment=ctx.deployment, cost=result.cost if index == 0 else None)
-        record_uris.append(await asyncio.to_thread(ctx.store.put_record, record, when=when))
+            deployment=ctx.deployment, cost=cost if index == 0 else None)
+        record_uris.append(ctx.store.put_record(record, when=when))
         image_uris.append(obj.uri)
         records.append(record)
-    await asyncio.to_thread(ctx.ledger.record_stored, item_ref(ctx, item), request_id, attempts,
-                            record_uri=record_uris[0] if record_uris else None,
-                            image_uris=image_uris)
-    failpoint("stored")
+    ctx.ledger.record_stored(item_ref(ctx, item), request_id, attempts,
+                             record_uri=record_uris[0] if record_uris else None,
+                             image_uris=image_uris)
     return StoredFiles(image_uris=image_uris, record_uris=record_uris, records=records)
 
 
