@@ -33,18 +33,17 @@ plain asyncio script of bench/baseline.py in the same invocation):
   (``flashgen.infra.prefect_server.SERVER_SETTINGS``; infra/PRODUCTION.md says what an
   operator gains and loses). A smaller batch keeps a task run per step of every item in
   the UI (three per image): there it costs well under a second of CPU a batch.
-- **After** (the same invocation style, two runs on a machine shared with other work):
-  43.0 ms flow + 11.4 ms server = 54.4 ms per image, 3.9× the script's 13.8 ms (an
-  earlier run: 39.8 + 15.3 = 55.1, 3.4× the script's 16.0; beside a CI run and two CPU
-  burners 43.1 + 11.5 = 54.6, 2.75× the script's 19.9: flashgen's figure holds, the
-  script's moves with the load), down from 18.4×; 63 task runs for 1,000 images, every
-  one recorded. The goal was 3×, on a quiet machine not met. What is left is flashgen's own
-  work, not Prefect's: in a py-spy profile of the flow about half its CPU is the API client
-  (httpx for the submit, the polls, the result and the download, with the client's retry,
-  scrubbing and output-address checks), then five S3 writes per image where the script
-  makes one (the ledger's claim, request_id and stored marks, the image, its record),
-  and the full decode; and about 4–6 ms of the server's figure is its idle background
-  (0.024 CPU-s/s, Prefect's docket scheduler) over the run's wall time.
+- **After** (the same invocation style): first 43.0 ms flow + 11.4 ms server = 54.4 ms
+  per image on a machine shared with other work, 3.9× the script's 13.8 ms, down from
+  18.4×; 63 task runs for 1,000 images, every one recorded. What was left was
+  flashgen's own work, not Prefect's, and cutting it (a still PNG proved without
+  Pillow's decode, the plan's ledger census from a listing, one companion-limit read per
+  view refresh for a run alone at its cap, an item's S3 writes in one thread hop) gave,
+  on a quiet machine, 19.9 ms flow + 5.5 ms server = 25.4 ms, 2.73× the script's 9.28 ms
+  in the same invocation (README, "Tests and benchmarks", has each step's figures). The rest is
+  mostly the safety the script does without: five S3 calls per image where it makes one
+  (the ledger's claim, request_id and stored marks, the image, its record), the PNG
+  proof, and the server's idle background (Prefect's docket scheduler) over the run.
   ``taskruns`` (no-op task runs, batched recorder): 1,000 at 55/s all recorded (5.0 ms
   flow, 10.1 ms server each); 10,000 at 100/s, 5,131 recorded: the in-memory broker's
   10,000-message queue still overflows when task runs come faster than the recorder
