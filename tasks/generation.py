@@ -40,8 +40,8 @@ plain asyncio script of bench/baseline.py in the same invocation):
   Pillow's decode, the plan's ledger census from a listing, one companion-limit read per
   view refresh for a run alone at its cap, an item's S3 writes in one thread hop) gave,
   on a quiet machine, 19.9 ms flow + 5.5 ms server = 25.4 ms, 2.73× the script's 9.28 ms
-  in the same invocation (README, "Tests and benchmarks", has each step's figures). The rest is
-  mostly the safety the script does without: five S3 calls per image where it makes one
+  in the same invocation (README, "Tests and benchmarks", has each step's figures). The
+  rest is mostly the safety the script does without: five S3 calls per image where it makes one
   (the ledger's claim, request_id and stored marks, the image, its record), the PNG
   proof, and the server's idle background (Prefect's docket scheduler) over the run.
   ``taskruns`` (no-op task runs, batched recorder): 1,000 at 55/s all recorded (5.0 ms

@@ -61,7 +61,7 @@ def test_the_census_from_a_listing_matches_one_read_an_item(store, monkeypatch, 
         item = universe[index]
         store.write_ledger(LedgerEntry(
             fingerprint=item.fingerprint, model=item.model_id, inputs=item.inputs,
-            state=state, request_id="req-%d" % index if index % 3 else None, owner="test"))
+            state=state, request_id=f"req-{index}" if index % 3 else None, owner="test"))
     items = data.draw(st.permutations(universe), label="order")[:batch]
     monkeypatch.setattr(plan_module, "LISTED_PAGE", page)
     monkeypatch.setattr(plan_module, "ITEMS_PER_LISTED_PAGE",
