@@ -16,10 +16,11 @@ def least_privilege_policy(bucket: str, prefix: str, kms_key_arn: str | None = N
 
     - ``s3:GetObject`` covers GetObject and HeadObject; ``s3:PutObject`` covers the
       conditional writes (If-None-Match claims, If-Match ledger updates) and checksums.
-    - ``s3:ListBucket`` lists the inbox, and lets S3 answer 404 (not 403) for a missing
-      ledger entry or cursor, which flashgen relies on. S3 decides that answer without the
-      request's prefix, so a ``s3:prefix`` condition would turn every miss into a 403:
-      give flashgen its own bucket if key names elsewhere in it are secret.
+    - ``s3:ListBucket`` lists the inbox and the ledger (the plan's census), and lets S3
+      answer 404 (not 403) for a missing ledger entry or cursor, which flashgen relies on.
+      S3 decides that answer without the request's prefix, so a ``s3:prefix`` condition
+      would turn every miss into a 403: give flashgen its own bucket if key names
+      elsewhere in it are secret.
     - Nothing deletes: flashgen never removes an object, and bucket settings belong to
       ``flashgen provision``, run with administrator credentials.
     """
