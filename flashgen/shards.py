@@ -6,7 +6,7 @@ plan); while the ledger is read, ``ShardWriter`` deals every item not already st
 local shard files of ``shard_size`` items::
 
     writer = ShardWriter(workdir / "shards", size=2000)
-    census(store, items, expected=n, each=writer.add)  # one ledger census for both
+    census(store, plan.iter_items(), expected=plan.items, each=writer.add)  # one pass, both
     shards = writer.close()                        # [ShardFile(index=0, items=2000, ...), ...]
     budgets = submission_budgets(shards, cap=200)  # paid submissions each shard may send
 
