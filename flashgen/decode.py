@@ -10,7 +10,7 @@ nothing. ``verify_output`` proves the whole file, in every form the model may re
   chunk (its CRC included), a GIF's blocks must all be there up to its trailer, a BMP
   must be as long as its header says (Pillow reads a last row short of its padding);
 - a still, non-interlaced PNG (what the model returns) is proved without Pillow, at a
-  third of its cost (1.3 ms instead of 3.6 ms for the model's 1024 × 1024, the largest
+  third of its cost (1.4 ms instead of 3.6 ms for the model's 1024 × 1024, the largest
   share of flashgen's own CPU per image after S3): its compressed pixels inflate, Adler-32
   checked, to exactly the bytes its header's size needs, and every row starts with a
   filter type PNG defines. Undoing the filters cannot fail after that, so the file

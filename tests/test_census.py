@@ -117,3 +117,23 @@ def test_a_census_lists_one_page_a_thousand_items(store, monkeypatch, expected, 
                                   lambda **_: listed.append(1))
     census(store, [], expected=expected)
     assert len(listed) == min(pages, 30)
+
+
+def test_an_entry_written_after_the_listing_is_never_paid_again(store, tmp_path):
+    """The census plans from a listing that is already old when the run sends: another
+    run submits an item in between. The claim before this run's submit finds it, so the
+    item is polled (its request_id adopted), never sent a second time."""
+    from flashgen.ledger import Action, ItemRef, Journal, Ledger
+
+    [item] = _items(1)
+    counts, _ = census(store, [item], expected=1)
+    assert counts == {"to_send": 1}  # nothing in the ledger when it listed
+    ref = ItemRef(fingerprint=item.fingerprint, model=item.model_id, inputs=item.inputs,
+                  batch_id="b")
+    other = Ledger(store, Journal(tmp_path / "other", scope="x"), owner="other:1:run")
+    assert other.decide(ref).action == Action.SEND
+    other.record_submitted(ref, "req-paid-once", attempts=1)
+
+    mine = Ledger(store, Journal(tmp_path / "mine", scope="x"), owner="me:2:run")
+    decision = mine.decide(ref)
+    assert decision.action == Action.RESUME and decision.request_id == "req-paid-once"
